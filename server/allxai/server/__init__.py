@@ -1,0 +1,1 @@
+"""The allxai gRPC gateway (the ``server`` extra)."""

@@ -1,0 +1,51 @@
+"""The one interface every model backend implements."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Which model a request asks for; empty fields mean the defaults."""
+
+    name: str = ""
+    version: int | None = None
+    version_label: str | None = None
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the gateway needs to know of a loaded model (read from its model card)."""
+
+    name: str
+    version: int
+    class_names: tuple[str, ...]
+    input_size: tuple[int, int]
+    normal_class_names: tuple[str, ...] = ()
+    preprocessing: str = ""
+    has_composition: bool = False
+    card_json: str = "{}"
+    available_versions: tuple[int, ...] = field(default_factory=tuple)
+
+
+class Backend(Protocol):
+    """A place where models run: in-process, or TensorFlow Serving."""
+
+    async def start(self) -> None:
+        """Load the models and answer one warm-up prediction each; raise if none can serve."""
+
+    async def close(self) -> None:
+        """Release the models and channels."""
+
+    async def resolve(self, spec: ModelSpec) -> ModelInfo:
+        """The model a spec names, or raise ``ModelNotFound``."""
+
+    async def predict(
+        self, model: ModelInfo, images: npt.NDArray[np.uint8], timeout: float | None
+    ) -> npt.NDArray[np.float32]:
+        """Class probabilities ``[N, C]`` for uint8 images ``[N, H, W, 3]`` at the model's input size."""

@@ -1,0 +1,152 @@
+"""The embedded backend: SavedModels in TensorFlow Serving's layout, run in this process.
+
+TensorFlow runs on a small thread pool, never on the event loop; the pool is the only
+limit on parallel predictions (no global lock: a loaded concrete function is thread-safe).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from allxai.server.backends.base import ModelInfo, ModelSpec
+from allxai.server.errors import BackendUnavailable, DeadlineExceeded, ModelNotFound
+from allxai.trainer import contract
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class _Loaded:
+    info: ModelInfo
+    serve: Any
+
+
+def discover(base: Path) -> dict[str, list[int]]:
+    """Model names and their numeric version folders under ``base`` (TensorFlow Serving's layout)."""
+    if not base.is_dir():
+        return {}
+    found: dict[str, list[int]] = {}
+    for model_dir in sorted(p for p in base.iterdir() if p.is_dir()):
+        versions = sorted(int(v.name) for v in model_dir.iterdir() if v.is_dir() and v.name.isdigit())
+        if versions:
+            found[model_dir.name] = versions
+    return found
+
+
+class EmbeddedBackend:
+    """Serves the newest version of every model under ``base`` (plus labelled versions) in-process."""
+
+    def __init__(
+        self,
+        base: Path,
+        default_model: str = "",
+        version_labels: dict[str, dict[str, int]] | None = None,
+        batch_size: int = 64,
+        threads: int = 2,
+    ) -> None:
+        self._base = base
+        self._default = default_model
+        self._labels = version_labels or {}
+        self._batch_size = batch_size
+        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="allxai-model")
+        self._models: dict[tuple[str, int], _Loaded] = {}
+
+    async def start(self) -> None:
+        """Load the newest and every labelled version of each model, and warm each up."""
+        found = discover(self._base)
+        if not found:
+            raise BackendUnavailable(f"no models under {self._base} (expected <base>/<name>/<version>/)")
+        loop = asyncio.get_running_loop()
+        for name, versions in found.items():
+            wanted = {versions[-1], *self._labels.get(name, {}).values()}
+            for version in sorted(wanted):
+                if version not in versions:
+                    raise BackendUnavailable(f"label of model {name} names version {version}, which is absent")
+                loaded = await loop.run_in_executor(self._pool, self._load, name, version, tuple(versions))
+                self._models[(name, version)] = loaded
+                h, w = loaded.info.input_size
+                await self.predict(loaded.info, np.zeros((1, h, w, 3), np.uint8), timeout=None)
+                log.info("model %s version %d loaded and warm", name, version)
+        if not self._default and len(found) > 1:
+            raise BackendUnavailable(f"several models ({', '.join(found)}); set ALLXAI_DEFAULT_MODEL")
+        self._default = self._default or next(iter(found))
+        if self._default not in found:
+            raise BackendUnavailable(f"default model {self._default!r} is not under {self._base}")
+
+    def _load(self, name: str, version: int, versions: tuple[int, ...]) -> _Loaded:
+        import tensorflow as tf  # noqa: PLC0415  (only the serving process pays for TensorFlow)
+
+        path = self._base / name / str(version)
+        saved = tf.saved_model.load(str(path))
+        card = json.loads(saved.signatures[contract.CARD_SIGNATURE]()[contract.CARD_OUTPUT].numpy().decode())
+        info = ModelInfo(
+            name=name,
+            version=version,
+            class_names=tuple(card["class_names"]),
+            input_size=(int(card["input_size"][0]), int(card["input_size"][1])),
+            normal_class_names=tuple(card.get("normal_class_names", ())),
+            preprocessing=str(card.get("preprocessing", "")),
+            has_composition=contract.COMPOSE_SIGNATURE in saved.signatures,
+            card_json=json.dumps(card, sort_keys=True),
+            available_versions=versions,
+        )
+        # Keep `saved` alive with the signature: the function holds only weak references to it.
+        return _Loaded(info, (saved, saved.signatures[contract.SERVING_SIGNATURE]))
+
+    async def close(self) -> None:
+        """Drop the models and stop the threads."""
+        self._models.clear()
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+    async def resolve(self, spec: ModelSpec) -> ModelInfo:
+        """Find the loaded model a spec names."""
+        name = spec.name or self._default
+        loaded = sorted(v for (n, v) in self._models if n == name)
+        if not loaded:
+            raise ModelNotFound(f"model {name!r} is not served here")
+        if spec.version_label:
+            labels = self._labels.get(name, {})
+            if spec.version_label not in labels:
+                known = ", ".join(sorted(labels)) or "none"
+                raise ModelNotFound(f"model {name!r} has no version label {spec.version_label!r} (labels: {known})")
+            version = labels[spec.version_label]
+        else:
+            version = spec.version if spec.version is not None else loaded[-1]
+        if (name, version) not in self._models:
+            raise ModelNotFound(
+                f"version {version} of model {name!r} is not loaded (loaded: {', '.join(map(str, loaded))})"
+            )
+        return self._models[(name, version)].info
+
+    async def predict(
+        self, model: ModelInfo, images: npt.NDArray[np.uint8], timeout: float | None
+    ) -> npt.NDArray[np.float32]:
+        """Run the model on the thread pool in batches of at most ``batch_size``."""
+        entry = self._models.get((model.name, model.version))
+        if entry is None:
+            raise ModelNotFound(f"version {model.version} of model {model.name!r} is not loaded")
+        _, serve = entry.serve
+        loop = asyncio.get_running_loop()
+        chunks = [images[i : i + self._batch_size] for i in range(0, len(images), self._batch_size)]
+        futures = [loop.run_in_executor(self._pool, _run, serve, chunk) for chunk in chunks]
+        try:
+            results = await asyncio.wait_for(asyncio.gather(*futures), timeout)
+        except TimeoutError as exc:
+            raise DeadlineExceeded("the model did not answer within the deadline") from exc
+        return np.concatenate(results, axis=0) if results else np.zeros((0, len(model.class_names)), np.float32)
+
+
+def _run(serve: Any, batch: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
+    import tensorflow as tf  # noqa: PLC0415
+
+    out = serve(**{contract.SERVING_INPUT: tf.constant(batch)})[contract.OUTPUT]
+    return np.asarray(out.numpy(), dtype=np.float32)

@@ -1,0 +1,225 @@
+"""The gRPC servicer: translates allxai.v1 messages to calls on :class:`Diagnosis` and back."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+from datetime import timedelta
+from typing import Any
+
+import grpc
+
+from allxai.server.backends.base import ModelInfo, ModelSpec
+from allxai.server.core import Classification, Diagnosis, ExplainOptions, ExplainOutcome, Timings
+from allxai.server.errors import InvalidInput
+from allxai.server.logs import request_id_var
+from allxai.v1 import diagnosis_pb2 as pb
+from allxai.v1 import diagnosis_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
+Context = grpc.aio.ServicerContext[Any, Any]
+
+_PICTURES = {pb.PICTURE_KIND_OVERLAY, pb.PICTURE_KIND_MASK, pb.PICTURE_KIND_HEATMAP, pb.PICTURE_KIND_FIGURE}
+
+
+def _spec(message: pb.ModelSpec) -> ModelSpec:
+    choice = message.WhichOneof("version_choice")
+    if choice == "version" and message.version < 1:
+        raise InvalidInput("model_spec.version", "versions are positive integers")
+    return ModelSpec(
+        name=message.name,
+        version=message.version if choice == "version" else None,
+        version_label=message.version_label if choice == "version_label" else None,
+    )
+
+
+def _timeout(context: Context) -> float | None:
+    remaining = context.time_remaining()
+    return None if remaining is None else max(0.0, float(remaining))
+
+
+def _request_id(given: str) -> str:
+    request_id = given or uuid.uuid4().hex
+    request_id_var.set(request_id)
+    return request_id
+
+
+def _model(info: ModelInfo) -> pb.ModelRef:
+    return pb.ModelRef(name=info.name, version=info.version)
+
+
+def _classification(c: Classification) -> pb.Classification:
+    return pb.Classification(
+        scores=[pb.ClassScore(label=n, score=s) for n, s in zip(c.class_names, c.scores, strict=True)],
+        label=c.label,
+        confidence=c.confidence,
+        label_index=c.label_index,
+    )
+
+
+def _timings(t: Timings) -> pb.Timings:
+    out = pb.Timings()
+    out.preprocess.FromTimedelta(timedelta(seconds=t.preprocess))
+    out.model.FromTimedelta(timedelta(seconds=t.model))
+    out.explain.FromTimedelta(timedelta(seconds=t.explain))
+    out.total.FromTimedelta(timedelta(seconds=t.total))
+    return out
+
+
+def _options(message: pb.ExplainOptions) -> ExplainOptions:
+    for kind in message.pictures:
+        if kind not in _PICTURES:
+            raise InvalidInput("options.pictures", f"unknown picture kind {kind}")
+    return ExplainOptions(
+        num_samples=message.num_samples or None,
+        top_k=message.top_k,
+        positive_only=message.positive_only,
+        seed=message.seed if message.HasField("seed") else None,
+        target_label=message.target_label,
+        batch_size=message.batch_size or None,
+    )
+
+
+def _explain_response(outcome: ExplainOutcome, request: pb.ExplainRequest, request_id: str) -> pb.ExplainResponse:
+    from allxai.explainer import render  # noqa: PLC0415
+
+    result = outcome.explanation
+    label = outcome.model.class_names[result.label_index]
+    pictures = []
+    t0 = time.perf_counter()
+    for kind in list(request.options.pictures) or [pb.PICTURE_KIND_OVERLAY]:
+        if kind == pb.PICTURE_KIND_OVERLAY:
+            png = render.to_png(render.overlay(outcome.image, result))
+        elif kind == pb.PICTURE_KIND_MASK:
+            png = render.to_png(render.mask_image(outcome.image, result))
+        elif kind == pb.PICTURE_KIND_HEATMAP:
+            png = render.to_png(render.heatmap(result))
+        else:
+            title = f"{label} {outcome.classification.confidence:.1%}"
+            png = render.figure(outcome.image, result, title)
+        pictures.append(pb.Picture(kind=kind, png=png))
+    outcome.timings.explain += time.perf_counter() - t0
+    outcome.timings.total += time.perf_counter() - t0
+    return pb.ExplainResponse(
+        classification=_classification(outcome.classification),
+        explanation=pb.Explanation(
+            label=label,
+            weights=[pb.SuperpixelWeight(segment=s, weight=w) for s, w in result.weights],
+            top_segments=result.top_segments,
+            seed=result.seed,
+            num_samples=result.num_samples,
+            num_segments=int(result.segments.max()) + 1,
+            intercept=result.intercept,
+            score=result.score,
+            local_prediction=result.local_prediction,
+            pictures=pictures,
+        ),
+        model=_model(outcome.model),
+        request_id=request_id,
+        specimen_id=request.specimen_id,
+        image_id=request.image.image_id,
+        timings=_timings(outcome.timings),
+    )
+
+
+class DiagnosisServicer(pb_grpc.DiagnosisServiceServicer):
+    """allxai.v1.DiagnosisService over a :class:`Diagnosis`."""
+
+    def __init__(self, diagnosis: Diagnosis) -> None:
+        self._diagnosis = diagnosis
+
+    async def Classify(self, request: pb.ClassifyRequest, context: Context) -> pb.ClassifyResponse:  # noqa: N802
+        request_id = _request_id(request.request_id)
+        outcome = await self._diagnosis.classify(request.image.data, _spec(request.model_spec), _timeout(context))
+        log.info("classified: %s %.3f", outcome.classification.label, outcome.classification.confidence)
+        return pb.ClassifyResponse(
+            classification=_classification(outcome.classification),
+            model=_model(outcome.model),
+            request_id=request_id,
+            specimen_id=request.specimen_id,
+            image_id=request.image.image_id,
+            timings=_timings(outcome.timings),
+        )
+
+    async def ClassifySpecimen(  # noqa: N802
+        self, request: pb.ClassifySpecimenRequest, context: Context
+    ) -> pb.ClassifySpecimenResponse:
+        request_id = _request_id(request.request_id)
+        outcome = await self._diagnosis.classify_specimen(
+            [image.data for image in request.images], _spec(request.model_spec), _timeout(context)
+        )
+        log.info("classified a specimen of %d cells", len(outcome.cells))
+        return pb.ClassifySpecimenResponse(
+            cells=[
+                pb.CellResult(image_id=image.image_id, classification=_classification(cell))
+                for image, cell in zip(request.images, outcome.cells, strict=True)
+            ],
+            summary=pb.SpecimenSummary(
+                counts=[pb.ClassCount(label=k, count=v) for k, v in outcome.counts.items()],
+                blast_fraction=outcome.blast_fraction,
+                review_first=outcome.review_first,
+            ),
+            model=_model(outcome.model),
+            request_id=request_id,
+            specimen_id=request.specimen_id,
+            timings=_timings(outcome.timings),
+        )
+
+    async def Explain(self, request: pb.ExplainRequest, context: Context) -> pb.ExplainResponse:  # noqa: N802
+        request_id = _request_id(request.request_id)
+        outcome = await self._diagnosis.explain(
+            request.image.data, _spec(request.model_spec), _options(request.options), _timeout(context)
+        )
+        log.info("explained: %s with %d samples", outcome.classification.label, outcome.explanation.num_samples)
+        return await asyncio.to_thread(_explain_response, outcome, request, request_id)
+
+    async def StreamExplain(  # noqa: N802
+        self, request: pb.StreamExplainRequest, context: Context
+    ) -> AsyncIterator[pb.StreamExplainResponse]:
+        inner = request.request
+        request_id = _request_id(inner.request_id)
+        updates: asyncio.Queue[tuple[int, int]] = asyncio.Queue()
+        task = asyncio.create_task(
+            self._diagnosis.explain(
+                inner.image.data,
+                _spec(inner.model_spec),
+                _options(inner.options),
+                _timeout(context),
+                progress=lambda done, total: updates.put_nowait((done, total)),
+            )
+        )
+        try:
+            while not task.done():
+                getter = asyncio.ensure_future(updates.get())
+                await asyncio.wait({task, getter}, return_when=asyncio.FIRST_COMPLETED)
+                if getter.done():
+                    done, total = getter.result()
+                    yield pb.StreamExplainResponse(
+                        progress=pb.ExplainProgress(samples_done=done, samples_total=total)
+                    )
+                else:
+                    getter.cancel()
+            outcome = task.result()
+        finally:
+            task.cancel()
+        response = await asyncio.to_thread(_explain_response, outcome, inner, request_id)
+        yield pb.StreamExplainResponse(result=response)
+
+    async def GetModelInfo(  # noqa: N802
+        self, request: pb.GetModelInfoRequest, context: Context
+    ) -> pb.GetModelInfoResponse:
+        info = await self._diagnosis.model_info(_spec(request.model_spec))
+        return pb.GetModelInfoResponse(
+            model=_model(info),
+            class_names=info.class_names,
+            normal_class_names=info.normal_class_names,
+            input_height=info.input_size[0],
+            input_width=info.input_size[1],
+            preprocessing=info.preprocessing,
+            has_composition_signature=info.has_composition,
+            model_card_json=info.card_json,
+            available_versions=info.available_versions,
+        )

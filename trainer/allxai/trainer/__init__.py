@@ -1,0 +1,1 @@
+"""Training, evaluation and export of the allxai models (the ``train`` extra)."""
