@@ -9,4 +9,11 @@ from allxai.client.sdk import (
     SpecimenResult,
 )
 
-__all__ = ["AllxaiClientError", "ClassifyResult", "Client", "ExplainResult", "ModelDescription", "SpecimenResult"]
+__all__ = [
+    "AllxaiClientError",
+    "ClassifyResult",
+    "Client",
+    "ExplainResult",
+    "ModelDescription",
+    "SpecimenResult",
+]

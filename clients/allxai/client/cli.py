@@ -21,7 +21,11 @@ def _progress(done: int, total: int) -> None:
     width = 30
     filled = width * done // max(total, 1)
     end = "\n" if done >= total else ""
-    print(f"\rexplaining [{'#' * filled}{'.' * (width - filled)}] {done}/{total} samples", end=end, file=sys.stderr)
+    print(
+        f"\rexplaining [{'#' * filled}{'.' * (width - filled)}] {done}/{total} samples",
+        end=end,
+        file=sys.stderr,
+    )
 
 
 def _classify(args: argparse.Namespace) -> int:
@@ -71,16 +75,28 @@ def _explain(args: argparse.Namespace) -> int:
         path.write_bytes(png)
         print(f"wrote {path}", file=sys.stderr)
     c = result.classification
-    print(f"{info.display_name(c.label)} {c.confidence:.1%} (explained {result.label}, seed {result.seed}, "
-          f"top superpixels {result.top_segments}, surrogate R2 {result.score:.2f})")
+    print(
+        f"{info.display_name(c.label)} {c.confidence:.1%} (explained {result.label}, seed {result.seed}, "
+        f"top superpixels {result.top_segments}, surrogate R2 {result.score:.2f})"
+    )
     return 0
 
 
 def _info(args: argparse.Namespace) -> int:
     with _client(args) as client:
         info = client.model_info()
-    print(json.dumps({"name": info.name, "version": info.version, "classes": info.class_names,
-                      "input_size": info.input_size, "card": info.card}, indent=2))
+    print(
+        json.dumps(
+            {
+                "name": info.name,
+                "version": info.version,
+                "classes": info.class_names,
+                "input_size": info.input_size,
+                "card": info.card,
+            },
+            indent=2,
+        )
+    )
     return 0
 
 
@@ -117,16 +133,20 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--top-k", type=int, default=5)
     p.add_argument("--label", default="", help="class to explain (default: the predicted one)")
-    p.add_argument("--pictures", default="overlay,mask,heatmap,figure",
-                   help=f"comma-separated, of {', '.join(PICTURE_KINDS)}")
+    p.add_argument(
+        "--pictures",
+        default="overlay,mask,heatmap,figure",
+        help=f"comma-separated, of {', '.join(PICTURE_KINDS)}",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=_explain)
 
     p = sub.add_parser("info", parents=[common], help="describe the served model")
     p.set_defaults(run=_info)
 
-    sub.add_parser("train", help="train and export a model (needs allxai[train]); see allxai train -h",
-                   add_help=False)
+    sub.add_parser(
+        "train", help="train and export a model (needs allxai[train]); see allxai train -h", add_help=False
+    )
     sub.add_parser("serve", help="run the gateway (needs allxai[server]); settings from ALLXAI_*")
     return parser
 

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-
 from allxai.v1 import diagnosis_pb2 as pb
 from allxai.v1 import diagnosis_pb2_grpc as pb_grpc
 
@@ -98,7 +97,9 @@ class ModelDescription:
         return str(names.get(label, label))
 
 
-def _classify_result(c: pb.Classification, model: pb.ModelRef, request_id: str, image_id: str) -> ClassifyResult:
+def _classify_result(
+    c: pb.Classification, model: pb.ModelRef, request_id: str, image_id: str
+) -> ClassifyResult:
     return ClassifyResult(
         label=c.label,
         confidence=c.confidence,
@@ -157,13 +158,21 @@ class Client:
         except grpc.RpcError as exc:
             raise AllxaiClientError(exc.code().name, exc.details() or "") from exc
 
-    def classify(self, image: bytes | str | Path, image_id: str | None = None, specimen_id: str = "") -> ClassifyResult:
+    def classify(
+        self, image: bytes | str | Path, image_id: str | None = None, specimen_id: str = ""
+    ) -> ClassifyResult:
         """Classify one image, given as bytes or a path."""
-        request = pb.ClassifyRequest(image=_image(image, image_id), model_spec=self._spec, specimen_id=specimen_id)
+        request = pb.ClassifyRequest(
+            image=_image(image, image_id), model_spec=self._spec, specimen_id=specimen_id
+        )
         response: pb.ClassifyResponse = self._call(self._stub.Classify, request)
-        return _classify_result(response.classification, response.model, response.request_id, response.image_id)
+        return _classify_result(
+            response.classification, response.model, response.request_id, response.image_id
+        )
 
-    def classify_specimen(self, images: Iterable[bytes | str | Path], specimen_id: str = "") -> SpecimenResult:
+    def classify_specimen(
+        self, images: Iterable[bytes | str | Path], specimen_id: str = ""
+    ) -> SpecimenResult:
         """Classify every cell image of one specimen."""
         request = pb.ClassifySpecimenRequest(
             images=[_image(i) for i in images], model_spec=self._spec, specimen_id=specimen_id
@@ -175,7 +184,10 @@ class Client:
         ]
         summary = response.summary
         return SpecimenResult(
-            cells, {c.label: c.count for c in summary.counts}, summary.blast_fraction, list(summary.review_first)
+            cells,
+            {c.label: c.count for c in summary.counts},
+            summary.blast_fraction,
+            list(summary.review_first),
         )
 
     def explain(
@@ -196,7 +208,11 @@ class Client:
                 raise ValueError(f"unknown picture {name!r}; choose from {', '.join(PICTURE_KINDS)}")
             kinds.append(PICTURE_KINDS[name])
         options = pb.ExplainOptions(
-            num_samples=num_samples, top_k=top_k, positive_only=positive_only, pictures=kinds, target_label=target_label
+            num_samples=num_samples,
+            top_k=top_k,
+            positive_only=positive_only,
+            pictures=kinds,
+            target_label=target_label,
         )
         if seed is not None:
             options.seed = seed

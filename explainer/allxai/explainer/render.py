@@ -6,10 +6,9 @@ import io
 
 import numpy as np
 import numpy.typing as npt
+from allxai.explainer.lime_plain import ExplanationResult
 from PIL import Image
 from skimage.segmentation import find_boundaries, mark_boundaries
-
-from allxai.explainer.lime_plain import ExplanationResult
 
 
 def to_png(image: npt.NDArray[np.uint8]) -> bytes:
@@ -26,7 +25,7 @@ def _top_mask(result: ExplanationResult) -> npt.NDArray[np.bool_]:
 def overlay(image: npt.NDArray[np.uint8], result: ExplanationResult) -> npt.NDArray[np.uint8]:
     """All superpixel boundaries in thin grey, the top superpixels outlined in yellow and tinted green."""
     base = mark_boundaries(image, result.segments, color=(0.6, 0.6, 0.6), mode="inner")
-    out = (base * 255).astype(np.float32)
+    out = np.asarray(base * 255, dtype=np.float32)
     mask = _top_mask(result)
     out[mask] = 0.7 * out[mask] + 0.3 * np.array([0, 200, 0], np.float32)
     edge = find_boundaries(mask.astype(np.int32), mode="inner")
@@ -64,8 +63,11 @@ def figure(image: npt.NDArray[np.uint8], result: ExplanationResult, title: str) 
     import matplotlib.pyplot as plt  # noqa: PLC0415
 
     fig, axes = plt.subplots(1, 3, figsize=(9, 3.4))
-    panels = [(image, "input"), (overlay(image, result), f"top {len(result.top_segments)} superpixels"),
-              (heatmap(result), "weights (red +, blue -)")]
+    panels = [
+        (image, "input"),
+        (overlay(image, result), f"top {len(result.top_segments)} superpixels"),
+        (heatmap(result), "weights (red +, blue -)"),
+    ]
     for ax, (picture, name) in zip(axes, panels, strict=True):
         ax.imshow(picture)
         ax.set_title(name, fontsize=10)

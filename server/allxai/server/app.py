@@ -9,9 +9,6 @@ import signal
 import sys
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
-from grpc_reflection.v1alpha import reflection
-
 from allxai.server import logs
 from allxai.server.backends.base import Backend
 from allxai.server.core import Diagnosis
@@ -19,6 +16,9 @@ from allxai.server.interceptors import ErrorMappingInterceptor
 from allxai.server.servicer import DiagnosisServicer
 from allxai.server.settings import Settings
 from allxai.v1 import diagnosis_pb2, diagnosis_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
+from grpc_reflection.v1alpha import reflection
 
 log = logging.getLogger(__name__)
 
@@ -26,7 +26,7 @@ SERVICE_NAME = diagnosis_pb2.DESCRIPTOR.services_by_name["DiagnosisService"].ful
 
 
 def create_server(
-    settings: Settings, backend: Backend, health_servicer: health.aio.HealthServicer | None = None
+    settings: Settings, backend: Backend, health_servicer: health_aio.HealthServicer | None = None
 ) -> tuple[grpc.aio.Server, int]:
     """Build the grpc.aio server with every service and bind its port; the caller starts it."""
     options = [
@@ -69,7 +69,7 @@ class Gateway:
     def __init__(self, settings: Settings, backend: Backend) -> None:
         self.settings = settings
         self.backend = backend
-        self.health = health.aio.HealthServicer()
+        self.health = health_aio.HealthServicer()
         self.server, self.port = create_server(settings, backend, self.health)
 
     async def _set_health(self, status: int) -> None:

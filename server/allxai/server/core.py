@@ -14,7 +14,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
-
 from allxai.explainer.lime_plain import ExplainParams, ExplanationResult
 from allxai.server.backends.base import Backend, ModelInfo, ModelSpec
 from allxai.server.errors import Cancelled, InvalidInput, Overloaded
@@ -176,6 +175,7 @@ class Diagnosis:
                 f"{self._settings.max_concurrent_explanations} explanations are running; try again shortly"
             )
         self._explain_slots -= 1
+        deadline = None if timeout is None else time.monotonic() + timeout
         try:
             started = time.perf_counter()
             model = await self._backend.resolve(spec)
@@ -194,7 +194,10 @@ class Diagnosis:
                 if stop.is_set():
                     raise Cancelled("the explanation was cancelled")
                 t0 = time.perf_counter()
-                future = asyncio.run_coroutine_threadsafe(self._backend.predict(model, batch, timeout), loop)
+                remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+                future = asyncio.run_coroutine_threadsafe(
+                    self._backend.predict(model, batch, remaining), loop
+                )
                 result = future.result()
                 model_seconds[0] += time.perf_counter() - t0
                 done_samples[0] += len(batch)
@@ -240,7 +243,8 @@ class Diagnosis:
             return default
         if label not in model.class_names:
             raise InvalidInput(
-                "options.target_label", f"{label!r} is not a class of this model ({', '.join(model.class_names)})"
+                "options.target_label",
+                f"{label!r} is not a class of this model ({', '.join(model.class_names)})",
             )
         return model.class_names.index(label)
 

@@ -11,7 +11,6 @@ from datetime import timedelta
 from typing import Any
 
 import grpc
-
 from allxai.server.backends.base import ModelInfo, ModelSpec
 from allxai.server.core import Classification, Diagnosis, ExplainOptions, ExplainOutcome, Timings
 from allxai.server.errors import InvalidInput
@@ -83,7 +82,9 @@ def _options(message: pb.ExplainOptions) -> ExplainOptions:
     )
 
 
-def _explain_response(outcome: ExplainOutcome, request: pb.ExplainRequest, request_id: str) -> pb.ExplainResponse:
+def _explain_response(
+    outcome: ExplainOutcome, request: pb.ExplainRequest, request_id: str
+) -> pb.ExplainResponse:
     from allxai.explainer import render  # noqa: PLC0415
 
     result = outcome.explanation
@@ -133,7 +134,9 @@ class DiagnosisServicer(pb_grpc.DiagnosisServiceServicer):
 
     async def Classify(self, request: pb.ClassifyRequest, context: Context) -> pb.ClassifyResponse:  # noqa: N802
         request_id = _request_id(request.request_id)
-        outcome = await self._diagnosis.classify(request.image.data, _spec(request.model_spec), _timeout(context))
+        outcome = await self._diagnosis.classify(
+            request.image.data, _spec(request.model_spec), _timeout(context)
+        )
         log.info("classified: %s %.3f", outcome.classification.label, outcome.classification.confidence)
         return pb.ClassifyResponse(
             classification=_classification(outcome.classification),
@@ -173,7 +176,9 @@ class DiagnosisServicer(pb_grpc.DiagnosisServiceServicer):
         outcome = await self._diagnosis.explain(
             request.image.data, _spec(request.model_spec), _options(request.options), _timeout(context)
         )
-        log.info("explained: %s with %d samples", outcome.classification.label, outcome.explanation.num_samples)
+        log.info(
+            "explained: %s with %d samples", outcome.classification.label, outcome.explanation.num_samples
+        )
         return await asyncio.to_thread(_explain_response, outcome, request, request_id)
 
     async def StreamExplain(  # noqa: N802

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import numpy as np
 import numpy.typing as npt
-
 from allxai.trainer.preprocessing import ImageError, prepare_image
 
 log = logging.getLogger(__name__)

@@ -11,7 +11,6 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import tensorflow as tf
-
 from allxai.trainer import contract
 
 
@@ -39,7 +38,9 @@ class ServingModule(tf.Module):  # type: ignore[misc]
                 tf.TensorSpec([None, None], tf.uint8, name="masks"),
             ]
         )
-        def compose(image: tf.Tensor, fill: tf.Tensor, segments: tf.Tensor, masks: tf.Tensor) -> dict[str, tf.Tensor]:
+        def compose(
+            image: tf.Tensor, fill: tf.Tensor, segments: tf.Tensor, masks: tf.Tensor
+        ) -> dict[str, tf.Tensor]:
             # One gather over the segment map builds every perturbed image at once: pixel (y, x)
             # of sample n keeps the image where masks[n, segments[y, x]] is 1, else the fill.
             keep = tf.gather(masks, segments, axis=1) > 0
@@ -103,7 +104,9 @@ def export_model(
 def _check_export(model: Any, path: Path, images: npt.NDArray[np.uint8], atol: float) -> None:
     """Reload the export and compare its probabilities with the Keras model's."""
     loaded = tf.saved_model.load(str(path))
-    served = loaded.signatures[contract.SERVING_SIGNATURE](images=tf.constant(images))[contract.OUTPUT].numpy()
+    served = loaded.signatures[contract.SERVING_SIGNATURE](images=tf.constant(images))[
+        contract.OUTPUT
+    ].numpy()
     expected = np.asarray(model(images.astype(np.float32), training=False))
     diff = float(np.max(np.abs(served - expected))) if len(images) else 0.0
     if diff > atol:

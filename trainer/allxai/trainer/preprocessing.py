@@ -58,7 +58,7 @@ def decode_image(data: bytes, limits: ImageLimits | None = None) -> UInt8Image:
     except (UnidentifiedImageError, Image.DecompressionBombError) as exc:
         raise ImageError("the bytes are not a readable image; send PNG, JPEG, BMP or TIFF") from exc
     except (OSError, ValueError, SyntaxError) as exc:
-        raise ImageError(f"the image header is corrupt: {exc}") from exc
+        raise ImageError(f"the image header is corrupt or truncated: {exc}") from exc
     with image:
         if image.format not in SUPPORTED_FORMATS:
             raise ImageError(f"{image.format} images are not supported; send PNG, JPEG, BMP or TIFF")

@@ -17,7 +17,9 @@ from PIL import Image
 CLASSES = ("Benign", "Early", "Pre", "Pro")
 
 
-def _ellipse(h: int, w: int, cy: float, cx: float, ry: float, rx: float, angle: float) -> npt.NDArray[np.bool_]:
+def _ellipse(
+    h: int, w: int, cy: float, cx: float, ry: float, rx: float, angle: float
+) -> npt.NDArray[np.bool_]:
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
     y, x = yy - cy, xx - cx
     c, s = np.cos(angle), np.sin(angle)
@@ -39,16 +41,17 @@ def make_cell_image(label: int, size: int, rng: np.random.Generator) -> npt.NDAr
     cell_r = size * rng.uniform(0.26, 0.30)
     cyto = _ellipse(h, w, cy, cx, cell_r, cell_r * rng.uniform(0.9, 1.1), rng.uniform(0, np.pi))
     img[cyto] = np.array([190, 170, 215]) + rng.normal(0, 3, 3)
-    # Nucleus: Benign small and round; Early large and round; Pre irregular (two lobes); Pro large with nucleoli.
+    # Nucleus: Benign small and round; Early large and round; Pre irregular (two lobes);
+    # Pro large with nucleoli.
     frac = (0.45, 0.8, 0.7, 0.85)[label]
     nr = cell_r * frac * rng.uniform(0.92, 1.05)
     nucleus = _ellipse(h, w, cy, cx, nr, nr * rng.uniform(0.85, 1.0), rng.uniform(0, np.pi))
     if label == 2:
         off = nr * 0.55
         a = rng.uniform(0, 2 * np.pi)
-        nucleus = _ellipse(h, w, cy + off * np.sin(a), cx + off * np.cos(a), nr * 0.6, nr * 0.5, a) | _ellipse(
-            h, w, cy - off * np.sin(a), cx - off * np.cos(a), nr * 0.6, nr * 0.5, a
-        )
+        nucleus = _ellipse(
+            h, w, cy + off * np.sin(a), cx + off * np.cos(a), nr * 0.6, nr * 0.5, a
+        ) | _ellipse(h, w, cy - off * np.sin(a), cx - off * np.cos(a), nr * 0.6, nr * 0.5, a)
     base = np.array([(95, 40, 130), (120, 70, 160), (110, 55, 150), (105, 60, 165)][label], np.float32)
     texture = rng.normal(0, (18, 6, 9, 6)[label], (h, w, 1))
     img[nucleus] = (base + rng.normal(0, 4, 3)) + texture[nucleus]

@@ -15,7 +15,6 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-
 from allxai.trainer import preprocessing
 from allxai.trainer.datasets import LoadedDataset, list_folder_dataset, load_images
 
@@ -98,10 +97,9 @@ def source_commit() -> str:
 def train(config: TrainConfig) -> TrainResult:
     """Load, split, train, evaluate and export; write the reports when ``config.reports`` is set."""
     import keras  # noqa: PLC0415  (TensorFlow loads only when training is asked for)
-    from sklearn.model_selection import train_test_split  # noqa: PLC0415
-
     from allxai.trainer.export import export_model  # noqa: PLC0415
     from allxai.trainer.models import build_model  # noqa: PLC0415
+    from sklearn.model_selection import train_test_split  # noqa: PLC0415
 
     started = time.monotonic()
     keras.utils.set_random_seed(config.seed)
@@ -114,7 +112,10 @@ def train(config: TrainConfig) -> TrainResult:
         lonely = [class_names[i] for i in np.flatnonzero(counts < 2)]
         raise ValueError(f"classes with fewer than two usable images cannot be split: {', '.join(lonely)}")
     train_idx, test_idx = train_test_split(
-        np.arange(len(data.labels)), test_size=config.test_fraction, stratify=data.labels, random_state=config.seed
+        np.arange(len(data.labels)),
+        test_size=config.test_fraction,
+        stratify=data.labels,
+        random_state=config.seed,
     )
     x_train, y_train = data.images[train_idx], data.labels[train_idx]
     x_test, y_test = data.images[test_idx], data.labels[test_idx]
@@ -165,7 +166,9 @@ def train(config: TrainConfig) -> TrainResult:
         "software": {"python": platform.python_version(), "keras": keras.__version__},
     }
     export_path = export_model(model, config.out, config.name, config.version, card, x_test[:8])
-    result = TrainResult(export_path, accuracy, confusion.tolist(), class_names, history, time.monotonic() - started)
+    result = TrainResult(
+        export_path, accuracy, confusion.tolist(), class_names, history, time.monotonic() - started
+    )
     if config.reports is not None:
         from allxai.trainer.plots import write_reports  # noqa: PLC0415
 

@@ -16,7 +16,6 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-
 from allxai.server.backends.base import ModelInfo, ModelSpec
 from allxai.server.errors import BackendUnavailable, DeadlineExceeded, ModelNotFound
 from allxai.trainer import contract
@@ -70,7 +69,9 @@ class EmbeddedBackend:
             wanted = {versions[-1], *self._labels.get(name, {}).values()}
             for version in sorted(wanted):
                 if version not in versions:
-                    raise BackendUnavailable(f"label of model {name} names version {version}, which is absent")
+                    raise BackendUnavailable(
+                        f"label of model {name} names version {version}, which is absent"
+                    )
                 loaded = await loop.run_in_executor(self._pool, self._load, name, version, tuple(versions))
                 self._models[(name, version)] = loaded
                 h, w = loaded.info.input_size
@@ -117,7 +118,9 @@ class EmbeddedBackend:
             labels = self._labels.get(name, {})
             if spec.version_label not in labels:
                 known = ", ".join(sorted(labels)) or "none"
-                raise ModelNotFound(f"model {name!r} has no version label {spec.version_label!r} (labels: {known})")
+                raise ModelNotFound(
+                    f"model {name!r} has no version label {spec.version_label!r} (labels: {known})"
+                )
             version = labels[spec.version_label]
         else:
             version = spec.version if spec.version is not None else loaded[-1]
@@ -142,7 +145,9 @@ class EmbeddedBackend:
             results = await asyncio.wait_for(asyncio.gather(*futures), timeout)
         except TimeoutError as exc:
             raise DeadlineExceeded("the model did not answer within the deadline") from exc
-        return np.concatenate(results, axis=0) if results else np.zeros((0, len(model.class_names)), np.float32)
+        return (
+            np.concatenate(results, axis=0) if results else np.zeros((0, len(model.class_names)), np.float32)
+        )
 
 
 def _run(serve: Any, batch: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:

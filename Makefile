@@ -1,0 +1,50 @@
+# The two commands a new machine needs: `make demo` and `make test`. Both set themselves up.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-dev
+BUF_VERSION := 1.75.0
+BUF := .tools/node_modules/.bin/buf
+PROTOS := $(shell find proto -name '*.proto')
+
+.PHONY: demo test lint typecheck proto proto-check buf-lint bench clean setup
+
+setup: $(STAMP) $(BUF)
+
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import sys; assert sys.version_info[:2] == (3, 11), "allxai needs Python 3.11"'
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+$(BUF):
+	npm install --silent --no-audit --no-fund --prefix .tools @bufbuild/buf@$(BUF_VERSION)
+
+## demo: train a small model, serve it in-process, classify and explain, write pictures to results/
+demo: $(STAMP)
+	$(BIN)/python scripts/demo.py --out results
+
+## test: lint, type-check and run every test
+test: setup lint typecheck
+	$(BIN)/python -m pytest
+
+lint: $(STAMP) $(BUF)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BUF) lint
+
+typecheck: $(STAMP)
+	$(BIN)/mypy -p allxai.client -p allxai.server -p allxai.trainer -p allxai.explainer
+
+## proto: regenerate the committed Python code from proto/ (grpcio-tools + mypy-protobuf)
+proto: $(STAMP)
+	$(BIN)/python -m grpc_tools.protoc -Iproto \
+	  --python_out=clients --grpc_python_out=clients \
+	  --plugin=protoc-gen-mypy=$(BIN)/protoc-gen-mypy --mypy_out=clients \
+	  --plugin=protoc-gen-mypy_grpc=$(BIN)/protoc-gen-mypy_grpc --mypy_grpc_out=clients \
+	  $(PROTOS)
+
+clean:
+	rm -rf results .pytest_cache .mypy_cache .ruff_cache

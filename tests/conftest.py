@@ -1,0 +1,94 @@
+"""Shared fixtures: a real tiny model exported under the contract, and a real gateway on a free port."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import os
+import threading
+from collections.abc import Iterator
+from concurrent.futures import Future
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+os.environ.setdefault("TQDM_DISABLE", "1")
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+INPUT_SIZE = 48
+
+
+def png_bytes(array: np.ndarray, fmt: str = "PNG", **kwargs: object) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format=fmt, **kwargs)
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip("../shared/data is absent")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def model_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A small ALL-Net trained for one epoch on synthetic cells, exported as <base>/allnet/1."""
+    from allxai.trainer.synthetic import make_dataset
+    from allxai.trainer.train import TrainConfig, train
+
+    data = make_dataset(tmp_path_factory.mktemp("synthetic"), per_class=8, size=INPUT_SIZE, seed=1)
+    base = tmp_path_factory.mktemp("models")
+    train(TrainConfig(data=data, out=base, name="allnet", version=1, input_size=INPUT_SIZE, epochs=1, seed=1))
+    return base
+
+
+@pytest.fixture(scope="session")
+def cell_png() -> bytes:
+    from allxai.trainer.synthetic import make_cell_image
+
+    return png_bytes(make_cell_image(3, INPUT_SIZE, np.random.default_rng(5)))
+
+
+@dataclass
+class RunningGateway:
+    target: str
+    port: int
+    loop: asyncio.AbstractEventLoop
+    gateway: object
+
+
+@pytest.fixture(scope="session")
+def gateway(model_base: Path) -> Iterator[RunningGateway]:
+    """The real grpc.aio gateway with the embedded backend, on its own event loop in a thread."""
+    from allxai.server.app import Gateway, make_backend
+    from allxai.server.settings import Settings
+
+    settings = Settings(model_base_path=model_base, host="127.0.0.1", port=0, max_concurrent_explanations=4)
+    ready: Future[RunningGateway] = Future()
+    stop = threading.Event()
+
+    def run() -> None:
+        async def main() -> None:
+            gw = Gateway(settings, make_backend(settings))
+            await gw.start()
+            ready.set_result(RunningGateway(f"127.0.0.1:{gw.port}", gw.port, asyncio.get_running_loop(), gw))
+            await asyncio.to_thread(stop.wait)
+            await gw.stop(grace=1)
+
+        try:
+            asyncio.run(main())
+        except BaseException as exc:  # noqa: BLE001  (surfaced through the future)
+            if not ready.done():
+                ready.set_exception(exc)
+
+    thread = threading.Thread(target=run, name="gateway", daemon=True)
+    thread.start()
+    running = ready.result(timeout=120)
+    yield running
+    stop.set()
+    thread.join(timeout=30)

@@ -1,0 +1,108 @@
+"""The trainer: dataset errors, class weights, and an export that honours the model contract."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from allxai.trainer import contract
+from allxai.trainer.datasets import DatasetError, list_folder_dataset, load_images
+from allxai.trainer.preprocessing import prepare_image
+from allxai.trainer.train import balanced_class_weights
+
+from tests.conftest import INPUT_SIZE, png_bytes
+
+
+def test_missing_folder(tmp_path: Path) -> None:
+    with pytest.raises(DatasetError, match="does not exist"):
+        list_folder_dataset(tmp_path / "nope")
+
+
+def test_empty_class_folder(tmp_path: Path) -> None:
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    (tmp_path / "a" / "x.png").write_bytes(png_bytes(np.zeros((4, 4, 3), np.uint8)))
+    with pytest.raises(DatasetError, match=r"class folder .*b holds no images"):
+        list_folder_dataset(tmp_path)
+
+
+def test_unreadable_file_is_reported_not_dropped(tmp_path: Path) -> None:
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "ok.png").write_bytes(png_bytes(np.zeros((4, 4, 3), np.uint8)))
+    (tmp_path / "b" / "broken.png").write_bytes(b"not an image")
+    classes, items = list_folder_dataset(tmp_path)
+    data = load_images(items, classes, (8, 8))
+    assert data.counts() == {"a": 1, "b": 1}
+    assert [(p.name, "not a readable image" in why) for p, why in data.skipped] == [("broken.png", True)]
+
+
+def test_balanced_class_weights() -> None:
+    weights = balanced_class_weights(np.array([0, 0, 0, 1]), 2)
+    assert weights == pytest.approx({0: 4 / 6, 1: 2.0})
+
+
+def test_export_follows_the_contract(model_base: Path, cell_png: bytes) -> None:
+    import tensorflow as tf
+
+    path = model_base / "allnet" / "1"
+    loaded = tf.saved_model.load(str(path))
+    assert set(loaded.signatures) == {
+        contract.SERVING_SIGNATURE,
+        contract.COMPOSE_SIGNATURE,
+        contract.CARD_SIGNATURE,
+    }
+    serve = loaded.signatures[contract.SERVING_SIGNATURE]
+    spec = serve.structured_input_signature[1][contract.SERVING_INPUT]
+    assert spec.dtype == tf.uint8 and spec.shape.as_list() == [None, INPUT_SIZE, INPUT_SIZE, 3]
+
+    card = json.loads(loaded.signatures[contract.CARD_SIGNATURE]()[contract.CARD_OUTPUT].numpy())
+    assert card["class_names"] == ["Benign", "Early", "Pre", "Pro"]
+    assert card["input_size"] == [INPUT_SIZE, INPUT_SIZE]
+    assert card["normal_class_names"] == ["Benign"]
+    assert json.loads((path / contract.CARD_FILE).read_text()) == card
+
+    image = prepare_image(cell_png, (INPUT_SIZE, INPUT_SIZE))
+    probs = serve(images=tf.constant(image[None]))[contract.OUTPUT].numpy()
+    assert probs.shape == (1, 4)
+    assert probs.sum() == pytest.approx(1.0, abs=1e-5)
+
+    # The compose signature builds perturbed images next to the model: mask rows of ones give
+    # back the image, rows of zeros the fill.
+    segments = (np.arange(INPUT_SIZE * INPUT_SIZE).reshape(INPUT_SIZE, INPUT_SIZE) % 3).astype(np.int32)
+    fill = np.full_like(image, 17)
+    masks = np.array([[1, 1, 1], [0, 0, 0], [1, 0, 1]], np.uint8)
+    composed = loaded.signatures[contract.COMPOSE_SIGNATURE](
+        image=tf.constant(image),
+        fill=tf.constant(fill),
+        segments=tf.constant(segments),
+        masks=tf.constant(masks),
+    )[contract.OUTPUT].numpy()
+    mixed = np.where(np.isin(segments, [0, 2])[..., None], image, fill)
+    expected = serve(images=tf.constant(np.stack([image, fill, mixed])))[contract.OUTPUT].numpy()
+    np.testing.assert_allclose(composed, expected, atol=1e-5)
+
+
+def test_export_refuses_an_existing_version(model_base: Path) -> None:
+    from allxai.trainer.export import ExportError, export_model
+    from allxai.trainer.models import build_allnet
+
+    model = build_allnet(4, (INPUT_SIZE, INPUT_SIZE))
+    with pytest.raises(ExportError, match="exists already"):
+        export_model(
+            model,
+            model_base,
+            "allnet",
+            1,
+            {"input_size": [INPUT_SIZE, INPUT_SIZE]},
+            np.zeros((1, INPUT_SIZE, INPUT_SIZE, 3), np.uint8),
+        )
+
+
+def test_unknown_architecture() -> None:
+    from allxai.trainer.models import build_model
+
+    with pytest.raises(ValueError, match="unknown architecture 'resnet9000'"):
+        build_model("resnet9000", 2, (32, 32))
