@@ -38,12 +38,26 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def model_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small ALL-Net trained for one epoch on synthetic cells, exported as <base>/allnet/1."""
+    from allxai.trainer.config import load_config
     from allxai.trainer.synthetic import make_dataset
-    from allxai.trainer.train import TrainConfig, train
+    from allxai.trainer.train import run
 
-    data = make_dataset(tmp_path_factory.mktemp("synthetic"), per_class=8, size=INPUT_SIZE, seed=1)
+    data = make_dataset(tmp_path_factory.mktemp("synthetic"), per_class=16, size=INPUT_SIZE, seed=1)
     base = tmp_path_factory.mktemp("models")
-    train(TrainConfig(data=data, out=base, name="allnet", version=1, input_size=INPUT_SIZE, epochs=1, seed=1))
+    reports = tmp_path_factory.mktemp("reports")
+    config = load_config(
+        None,
+        data=data,
+        layout="folder",
+        out=base,
+        name="allnet",
+        version=1,
+        input_size=INPUT_SIZE,
+        epochs=1,
+        seed=1,
+        reports=reports,
+    )
+    run(config)
     return base
 
 

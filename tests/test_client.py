@@ -8,9 +8,9 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from allxai.client import AllxaiClientError, Client
 from allxai.client.cli import main
-
 from tests.conftest import RunningGateway
 
 

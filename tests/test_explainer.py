@@ -6,9 +6,10 @@ import io
 
 import numpy as np
 import numpy.typing as npt
+from PIL import Image
+
 from allxai.explainer import render
 from allxai.explainer.lime_plain import ExplainParams, explain
-from PIL import Image
 
 
 def image_with_a_red_square() -> npt.NDArray[np.uint8]:

@@ -8,13 +8,13 @@ from collections.abc import Iterator
 import grpc
 import numpy as np
 import pytest
-from allxai.v1 import diagnosis_pb2 as pb
-from allxai.v1 import diagnosis_pb2_grpc as pb_grpc
 from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 from PIL import Image
 
+from allxai.v1 import diagnosis_pb2 as pb
+from allxai.v1 import diagnosis_pb2_grpc as pb_grpc
 from tests.conftest import INPUT_SIZE, RunningGateway
 from tests.test_preprocessing import huge_png
 

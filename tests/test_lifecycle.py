@@ -11,9 +11,10 @@ import time
 from pathlib import Path
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
 from allxai.v1 import diagnosis_pb2 as pb
 from allxai.v1 import diagnosis_pb2_grpc as pb_grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 
 def free_port() -> int:

@@ -8,9 +8,9 @@ import zlib
 
 import numpy as np
 import pytest
-from allxai.trainer.preprocessing import ImageError, ImageLimits, decode_image, prepare_image, resize_image
 from PIL import Image
 
+from allxai.trainer.preprocessing import ImageError, ImageLimits, decode_image, prepare_image, resize_image
 from tests.conftest import png_bytes
 
 RGB = (np.arange(30 * 40 * 3) % 251).astype(np.uint8).reshape(30, 40, 3)

@@ -7,17 +7,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
 from allxai.trainer import contract
-from allxai.trainer.datasets import DatasetError, list_folder_dataset, load_images
+from allxai.trainer.datasets import DatasetError, index_dataset, load_samples
 from allxai.trainer.preprocessing import prepare_image
 from allxai.trainer.train import balanced_class_weights
-
 from tests.conftest import INPUT_SIZE, png_bytes
 
 
 def test_missing_folder(tmp_path: Path) -> None:
     with pytest.raises(DatasetError, match="does not exist"):
-        list_folder_dataset(tmp_path / "nope")
+        index_dataset(tmp_path / "nope")
 
 
 def test_empty_class_folder(tmp_path: Path) -> None:
@@ -25,18 +25,20 @@ def test_empty_class_folder(tmp_path: Path) -> None:
     (tmp_path / "b").mkdir()
     (tmp_path / "a" / "x.png").write_bytes(png_bytes(np.zeros((4, 4, 3), np.uint8)))
     with pytest.raises(DatasetError, match=r"class folder .*b holds no images"):
-        list_folder_dataset(tmp_path)
+        index_dataset(tmp_path)
 
 
 def test_unreadable_file_is_reported_not_dropped(tmp_path: Path) -> None:
-    for name in ("a", "b"):
+    for value, name in enumerate(("a", "b")):
         (tmp_path / name).mkdir()
-        (tmp_path / name / "ok.png").write_bytes(png_bytes(np.zeros((4, 4, 3), np.uint8)))
+        (tmp_path / name / "ok.png").write_bytes(png_bytes(np.full((4, 4, 3), value, np.uint8)))
     (tmp_path / "b" / "broken.png").write_bytes(b"not an image")
-    classes, items = list_folder_dataset(tmp_path)
-    data = load_images(items, classes, (8, 8))
-    assert data.counts() == {"a": 1, "b": 1}
-    assert [(p.name, "not a readable image" in why) for p, why in data.skipped] == [("broken.png", True)]
+    index = index_dataset(tmp_path)
+    data = load_samples(index.samples, (8, 8))
+    assert list(data.labels) == [0, 1]
+    assert [(Path(p).name, "not a readable image" in why) for p, why in data.skipped] == [
+        ("broken.png", True)
+    ]
 
 
 def test_balanced_class_weights() -> None:

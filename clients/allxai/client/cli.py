@@ -100,10 +100,10 @@ def _info(args: argparse.Namespace) -> int:
     return 0
 
 
-def _train(argv: Sequence[str]) -> int:
-    from allxai.trainer.cli import main as train_main  # noqa: PLC0415  (needs the train extra)
+def _trainer(argv: Sequence[str]) -> int:
+    from allxai.trainer.cli import main as trainer_main  # noqa: PLC0415  (needs the train extra)
 
-    return train_main(argv)
+    return trainer_main(argv)
 
 
 def _serve() -> int:
@@ -144,9 +144,12 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", parents=[common], help="describe the served model")
     p.set_defaults(run=_info)
 
-    sub.add_parser(
-        "train", help="train and export a model (needs allxai[train]); see allxai train -h", add_help=False
-    )
+    for name, what in (
+        ("train", "train, cross-validate and export a model"),
+        ("evaluate", "evaluate an exported model on a dataset"),
+        ("export", "export a training checkpoint for serving"),
+    ):
+        sub.add_parser(name, help=f"{what} (needs allxai[train]); see allxai {name} -h", add_help=False)
     sub.add_parser("serve", help="run the gateway (needs allxai[server]); settings from ALLXAI_*")
     return parser
 
@@ -154,8 +157,8 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``allxai`` command."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] == "train":
-        return _train(argv[1:])
+    if argv and argv[0] in ("train", "evaluate", "export"):
+        return _trainer(argv)
     args = _parser().parse_args(argv)
     if args.command == "serve":
         return _serve()

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+
 from allxai.v1 import diagnosis_pb2 as pb
 from allxai.v1 import diagnosis_pb2_grpc as pb_grpc
 

@@ -6,9 +6,10 @@ import io
 
 import numpy as np
 import numpy.typing as npt
-from allxai.explainer.lime_plain import ExplanationResult
 from PIL import Image
 from skimage.segmentation import find_boundaries, mark_boundaries
+
+from allxai.explainer.lime_plain import ExplanationResult
 
 
 def to_png(image: npt.NDArray[np.uint8]) -> bytes:

@@ -9,6 +9,10 @@ import signal
 import sys
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
+from grpc_reflection.v1alpha import reflection
+
 from allxai.server import logs
 from allxai.server.backends.base import Backend
 from allxai.server.core import Diagnosis
@@ -16,9 +20,6 @@ from allxai.server.interceptors import ErrorMappingInterceptor
 from allxai.server.servicer import DiagnosisServicer
 from allxai.server.settings import Settings
 from allxai.v1 import diagnosis_pb2, diagnosis_pb2_grpc
-from grpc_health.v1 import health_pb2, health_pb2_grpc
-from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
-from grpc_reflection.v1alpha import reflection
 
 log = logging.getLogger(__name__)
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import numpy.typing as npt
+
 from allxai.explainer.lime_plain import ExplainParams, ExplanationResult
 from allxai.server.backends.base import Backend, ModelInfo, ModelSpec
 from allxai.server.errors import Cancelled, InvalidInput, Overloaded

@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
 import grpc
+
 from allxai.server.errors import INTERNAL_MESSAGE, AllxaiError, to_status
 
 log = logging.getLogger(__name__)

@@ -11,6 +11,7 @@ from datetime import timedelta
 from typing import Any
 
 import grpc
+
 from allxai.server.backends.base import ModelInfo, ModelSpec
 from allxai.server.core import Classification, Diagnosis, ExplainOptions, ExplainOutcome, Timings
 from allxai.server.errors import InvalidInput

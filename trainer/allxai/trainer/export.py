@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 import tensorflow as tf
+
 from allxai.trainer import contract
 
 
@@ -93,12 +94,51 @@ def export_model(
         )
         (tmp / contract.CARD_FILE).parent.mkdir(parents=True, exist_ok=True)
         (tmp / contract.CARD_FILE).write_text(json.dumps(card, indent=2, sort_keys=True))
+        write_warmup_requests(tmp / contract.WARMUP_FILE, name, input_size)
         _check_export(model, tmp, check_images, atol)
         tmp.rename(target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return target
+
+
+def write_warmup_requests(
+    path: Path, model_name: str, input_size: tuple[int, int], batch_sizes: tuple[int, ...] = (1, 8)
+) -> None:
+    """TensorFlow Serving warm-up records: PredictionLogs it replays before reporting AVAILABLE,
+    so the first real request does not pay for graph initialisation."""
+    from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2  # noqa: PLC0415
+
+    height, width = input_size
+    with tf.io.TFRecordWriter(str(path)) as writer:
+        for batch in batch_sizes:
+            request = predict_pb2.PredictRequest(
+                model_spec=model_pb2.ModelSpec(name=model_name, signature_name=contract.SERVING_SIGNATURE)
+            )
+            request.inputs[contract.SERVING_INPUT].CopyFrom(
+                tf.make_tensor_proto(np.zeros((batch, height, width, 3), np.uint8))
+            )
+            log = prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))
+            writer.write(log.SerializeToString())
+
+
+def export_checkpoint(config: Any, weights: Path, card: dict[str, Any] | None) -> Path:
+    """Rebuild ``config``'s architecture, load a checkpoint's weights, export it under the contract."""
+    from allxai.trainer.models import build_model  # noqa: PLC0415
+
+    if not weights.is_file():
+        raise ExportError(f"weights file {weights} does not exist")
+    classes = (card or {}).get("class_names")
+    if not classes:
+        raise ExportError("the model card with class_names is needed to export a checkpoint (use --card)")
+    size = (config.input_size, config.input_size)
+    model = build_model(config.arch, len(classes), size, weights=None)
+    model.load_weights(str(weights))
+    card = {**(card or {}), "name": config.name, "version": config.version, "input_size": list(size)}
+    rng = np.random.default_rng(0)
+    check = rng.integers(0, 256, (4, *size, 3), dtype=np.uint8)
+    return export_model(model, config.out, config.name, config.version, card, check)
 
 
 def _check_export(model: Any, path: Path, images: npt.NDArray[np.uint8], atol: float) -> None:

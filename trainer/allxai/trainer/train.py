@@ -1,4 +1,5 @@
-"""Train a model on a folder-per-class dataset and export it under the model contract."""
+"""A training run: index and load the data, split by groups, train one model per fold, evaluate
+on validation and held-out test images, write the reports, and export the best fold's model."""
 
 from __future__ import annotations
 
@@ -7,16 +8,27 @@ import logging
 import platform
 import random
 import subprocess
-import sys
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
+
 from allxai.trainer import preprocessing
-from allxai.trainer.datasets import LoadedDataset, list_folder_dataset, load_images
+from allxai.trainer.config import TrainConfig
+from allxai.trainer.datasets import (
+    DatasetIndex,
+    Sample,
+    check_trainable,
+    index_dataset,
+    load_samples,
+    near_duplicates,
+    summary,
+)
+from allxai.trainer.fit import balanced_class_weights
+
+__all__ = ["DISPLAY_NAMES", "RunResult", "balanced_class_weights", "run", "source_commit"]
 
 log = logging.getLogger(__name__)
 
@@ -28,59 +40,22 @@ DISPLAY_NAMES = {
     "Pro": "Pro-B ALL",
     "all": "ALL blast",
     "hem": "Normal (hem)",
+    "ALL": "ALL blast",
+    "normal": "Normal",
 }
 
 
 @dataclass
-class TrainConfig:
-    """What to train, on what, and where to export it."""
+class RunResult:
+    """What a run produced."""
 
-    data: Path
-    out: Path
-    name: str = "allnet"
-    version: int = 1
-    arch: str = "allnet"
-    input_size: int = 224
-    epochs: int = 10
-    batch_size: int = 32
-    learning_rate: float = 1e-3
-    test_fraction: float = 0.2
-    max_per_class: int = 0
-    seed: int = 42
-    normal_classes: tuple[str, ...] = ("Benign", "hem", "normal")
-    reports: Path | None = None
-
-
-@dataclass
-class TrainResult:
-    """Where the export went and how the model did on the held-out images."""
-
-    export_path: Path
-    test_accuracy: float
-    confusion: list[list[int]]
+    export_path: Path | None
+    reports: dict[str, Path]
+    summary: dict[str, Any]
+    test: dict[str, Any] | None
     class_names: list[str]
-    history: dict[str, list[float]]
     seconds: float
-
-
-def balanced_class_weights(labels: npt.NDArray[np.int64], num_classes: int) -> dict[int, float]:
-    """n_samples / (n_classes * bincount), as scikit-learn's "balanced" and paper 1 compute them."""
-    counts = np.bincount(labels, minlength=num_classes)
-    return {i: float(len(labels) / (num_classes * c)) if c else 0.0 for i, c in enumerate(counts)}
-
-
-def _subsample(items: list[tuple[Path, int]], max_per_class: int, seed: int) -> list[tuple[Path, int]]:
-    if max_per_class <= 0:
-        return items
-    rng = random.Random(seed)
-    by_label: dict[int, list[tuple[Path, int]]] = {}
-    for item in items:
-        by_label.setdefault(item[1], []).append(item)
-    chosen: list[tuple[Path, int]] = []
-    for label in sorted(by_label):
-        group = by_label[label]
-        chosen.extend(sorted(rng.sample(group, min(max_per_class, len(group)))))
-    return chosen
+    params: int
 
 
 def source_commit() -> str:
@@ -94,84 +69,160 @@ def source_commit() -> str:
     return out.stdout.strip() if out.returncode == 0 else "unknown"
 
 
-def train(config: TrainConfig) -> TrainResult:
-    """Load, split, train, evaluate and export; write the reports when ``config.reports`` is set."""
-    import keras  # noqa: PLC0415  (TensorFlow loads only when training is asked for)
-    from allxai.trainer.export import export_model  # noqa: PLC0415
-    from allxai.trainer.models import build_model  # noqa: PLC0415
-    from sklearn.model_selection import train_test_split  # noqa: PLC0415
+def _subsample(samples: list[Sample], max_per_class: int, seed: int) -> list[Sample]:
+    if max_per_class <= 0:
+        return samples
+    rng = random.Random(seed)
+    by_label: dict[int, list[Sample]] = {}
+    for s in samples:
+        by_label.setdefault(s.label, []).append(s)
+    chosen: list[Sample] = []
+    for label in sorted(by_label):
+        group = by_label[label]
+        chosen.extend(rng.sample(group, min(max_per_class, len(group))))
+    return sorted(chosen, key=lambda s: str(s.path))
+
+
+def run(config: TrainConfig) -> RunResult:
+    """Train and evaluate as the config says; write reports; export the best model."""
+    from allxai.trainer.fit import fit, predict  # noqa: PLC0415  (TensorFlow loads only here)
+    from allxai.trainer.metrics import evaluate, summarize_folds  # noqa: PLC0415
+    from allxai.trainer.reports import write_run_report  # noqa: PLC0415
+    from allxai.trainer.splits import group_holdout, group_kfold, split_sizes  # noqa: PLC0415
 
     started = time.monotonic()
-    keras.utils.set_random_seed(config.seed)
+    index: DatasetIndex = index_dataset(config.data, config.layout, config.task, config.block_size)
+    folds = max(config.folds, 1)
+    check_trainable(index, min_per_class=max(folds, 2) * 2 if not index.test_samples else max(folds, 2))
+    samples = _subsample(index.samples, config.max_per_class, config.seed)
     size = (config.input_size, config.input_size)
-    class_names, items = list_folder_dataset(config.data)
-    items = _subsample(items, config.max_per_class, config.seed)
-    data: LoadedDataset = load_images(items, class_names, size)
-    counts = np.bincount(data.labels, minlength=len(class_names))
-    if (counts < 2).any():
-        lonely = [class_names[i] for i in np.flatnonzero(counts < 2)]
-        raise ValueError(f"classes with fewer than two usable images cannot be split: {', '.join(lonely)}")
-    train_idx, test_idx = train_test_split(
-        np.arange(len(data.labels)),
-        test_size=config.test_fraction,
-        stratify=data.labels,
-        random_state=config.seed,
-    )
-    x_train, y_train = data.images[train_idx], data.labels[train_idx]
-    x_test, y_test = data.images[test_idx], data.labels[test_idx]
-    log.info("training %s on %d images, testing on %d", config.arch, len(x_train), len(x_test))
+    loaded = load_samples(samples, size)
+    names = index.class_names
+    if len(loaded.labels) == 0:
+        raise ValueError("no usable images: every file was skipped (see the report)")
 
-    model = build_model(config.arch, len(class_names), size)
-    model.compile(
-        optimizer=keras.optimizers.Adam(config.learning_rate),
-        loss="sparse_categorical_crossentropy",
-        metrics=["accuracy"],
-    )
-    fit = model.fit(
-        x_train.astype(np.float32),
-        y_train,
-        validation_data=(x_test.astype(np.float32), y_test),
-        epochs=config.epochs,
-        batch_size=config.batch_size,
-        class_weight=balanced_class_weights(y_train, len(class_names)),
-        verbose=1 if sys.stdout.isatty() else 2,
-    )
-    probs = np.asarray(model.predict(x_test.astype(np.float32), batch_size=64, verbose=0))
-    predicted = probs.argmax(axis=1)
-    accuracy = float((predicted == y_test).mean())
-    confusion = np.zeros((len(class_names), len(class_names)), np.int64)
-    np.add.at(confusion, (y_test, predicted), 1)
-    history = {k: [float(v) for v in vals] for k, vals in fit.history.items()}
+    if index.test_samples:
+        test_loaded = load_samples(index.test_samples, size)
+        rest = np.arange(len(loaded.labels))
+        x_test, y_test = test_loaded.images, test_loaded.labels
+        test_idx = np.zeros(0, np.int64)
+    else:
+        rest, test_idx = group_holdout(loaded.labels, loaded.groups, config.test_fraction, config.seed)
+        x_test, y_test = loaded.images[test_idx], loaded.labels[test_idx]
+    rest_groups = [loaded.groups[i] for i in rest]
+    rest_labels = loaded.labels[rest]
+    if config.folds >= 2:
+        splits = list(group_kfold(rest_labels, rest_groups, config.folds, config.seed))
+    else:
+        splits = [
+            group_holdout(
+                rest_labels, rest_groups, config.val_fraction, config.seed, require_all_classes=False
+            )
+        ]
 
-    card: dict[str, Any] = {
+    dataset = summary(index, loaded)
+    dataset["near_duplicates_reported"] = len(near_duplicates(loaded.paths)) if index.layout == "aria" else 0
+    dataset["splits"] = split_sizes(loaded.groups, {"train+validation": rest, "test": test_idx})
+    if index.test_samples:
+        dataset["splits"]["test"] = {
+            "images": len(y_test),
+            "groups": len({s.group for s in index.test_samples}),
+        }
+
+    fold_rows: list[dict[str, Any]] = []
+    histories: list[dict[str, list[float]]] = []
+    best_model: Any = None
+    best_score = -1.0
+    params = 0
+    for k, (tr, va) in enumerate(splits, start=1):
+        tr_idx, va_idx = rest[tr], rest[va]
+        log.info(
+            "fold %d/%d: %d train, %d validation, %d test images",
+            k,
+            len(splits),
+            len(tr_idx),
+            len(va_idx),
+            len(y_test),
+        )
+        result = fit(
+            config,
+            len(names),
+            (loaded.images[tr_idx], loaded.labels[tr_idx]),
+            (loaded.images[va_idx], loaded.labels[va_idx]),
+            config.reports / f"fold{k}",
+            config.seed + k,
+        )
+        val_metrics = evaluate(loaded.labels[va_idx], predict(result.model, loaded.images[va_idx]), names)
+        test_metrics = evaluate(y_test, predict(result.model, x_test), names) if len(y_test) else None
+        fold_rows.append(
+            {
+                "fold": k,
+                "val": val_metrics,
+                "test": test_metrics,
+                "epochs": result.epochs,
+                "seconds": result.seconds,
+                "train_images": len(tr_idx),
+                "val_images": len(va_idx),
+            }
+        )
+        histories.append(result.history)
+        params = int(result.model.count_params())
+        if val_metrics["macro_f1"] > best_score:
+            best_score, best_model = val_metrics["macro_f1"], result.model
+
+    fold_summary: dict[str, Any] = summarize_folds([r["val"] for r in fold_rows])
+    tests = [r["test"] for r in fold_rows if r["test"] is not None]
+    if tests:
+        fold_summary["test"] = summarize_folds(tests)
+    best_test = evaluate(y_test, predict(best_model, x_test), names) if len(y_test) else None
+    reports = write_run_report(
+        config.reports,
+        title=f"{config.arch} on {config.data}",
+        config=config.model_dump(mode="json"),
+        dataset=dataset,
+        folds=fold_rows,
+        summary=fold_summary,
+        test=best_test,
+        histories=histories,
+        class_names=names,
+    )
+    card = _card(config, names, dataset, fold_summary, best_test)
+    (config.reports / "model_card.json").write_text(json.dumps(card, indent=2))
+    export_path = None
+    if config.export:
+        from allxai.trainer.export import export_model  # noqa: PLC0415
+
+        check = x_test[:8] if len(x_test) else loaded.images[:8]
+        export_path = export_model(best_model, config.out, config.name, config.version, card, check)
+    return RunResult(export_path, reports, fold_summary, best_test, names, time.monotonic() - started, params)
+
+
+def _card(
+    config: TrainConfig,
+    names: list[str],
+    dataset: dict[str, Any],
+    folds: dict[str, Any],
+    test: dict[str, Any] | None,
+) -> dict[str, Any]:
+    import keras  # noqa: PLC0415
+    import tensorflow as tf  # noqa: PLC0415
+
+    return {
         "name": config.name,
         "version": config.version,
         "architecture": config.arch,
-        "class_names": class_names,
-        "normal_class_names": [c for c in class_names if c in config.normal_classes],
-        "display_names": {c: DISPLAY_NAMES[c] for c in class_names if c in DISPLAY_NAMES},
+        "class_names": names,
+        "display_names": {c: DISPLAY_NAMES[c] for c in names if c in DISPLAY_NAMES},
+        "normal_class_names": [c for c in names if c in ("Benign", "hem", "normal")],
         "input_size": [config.input_size, config.input_size],
         "preprocessing": preprocessing.DESCRIPTION,
-        "data": {
-            "root": str(config.data),
-            "counts": {k: int(v) for k, v in data.counts().items()},
-            "skipped": [[str(p), why] for p, why in data.skipped],
-            "split": f"stratified random {1 - config.test_fraction:.0%}/{config.test_fraction:.0%}",
-            "train_images": len(x_train),
-            "test_images": len(x_test),
-        },
-        "metrics": {"test_accuracy": accuracy, "confusion_matrix": confusion.tolist()},
-        "training": {k: str(v) if isinstance(v, Path) else v for k, v in asdict(config).items()},
+        "data": {k: v for k, v in dataset.items() if k not in ("duplicates", "skipped")},
+        "metrics": {"cross_validation": folds, "test": test},
+        "training": config.model_dump(mode="json"),
         "source_commit": source_commit(),
-        "software": {"python": platform.python_version(), "keras": keras.__version__},
+        "software": {
+            "python": platform.python_version(),
+            "tensorflow": tf.__version__,
+            "keras": keras.__version__,
+        },
     }
-    export_path = export_model(model, config.out, config.name, config.version, card, x_test[:8])
-    result = TrainResult(
-        export_path, accuracy, confusion.tolist(), class_names, history, time.monotonic() - started
-    )
-    if config.reports is not None:
-        from allxai.trainer.plots import write_reports  # noqa: PLC0415
-
-        write_reports(result, config.reports)
-        (config.reports / "model_card.json").write_text(json.dumps(card, indent=2))
-    return result

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+
 from allxai.server.backends.base import ModelInfo, ModelSpec
 from allxai.server.errors import BackendUnavailable, DeadlineExceeded, ModelNotFound
 from allxai.trainer import contract

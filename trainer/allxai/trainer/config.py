@@ -1,0 +1,105 @@
+"""The training configuration: one TOML file per recipe, overridable from the command line."""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from allxai.trainer.models import ARCHITECTURES
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used, with the field and the reason."""
+
+
+class TrainConfig(BaseModel):
+    """Everything a training run needs; every field has the default a CPU user would want."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # Data
+    data: Path = Field(Path("data"), description="dataset root")
+    layout: Literal["auto", "cnmc", "aria", "folder"] = "auto"
+    task: Literal["native", "binary"] = "native"
+    block_size: int = Field(20, gt=0, description="Aria: contiguous file numbers per group")
+    max_per_class: int = Field(0, ge=0, description="use at most this many images per class (0: all)")
+    input_size: int = Field(224, ge=32)
+    # Model
+    arch: str = "allnet"
+    weights: str = Field(
+        "imagenet", description='"imagenet", "none", or a local weights file (transfer models)'
+    )
+    freeze_backbone: bool = Field(True, description="train only the head in the first stage")
+    # Optimisation
+    epochs: int = Field(10, gt=0)
+    batch_size: int = Field(32, gt=0)
+    learning_rate: float = Field(1e-3, gt=0)
+    loss: Literal["sparse_categorical_crossentropy", "binary_crossentropy"] = (
+        "sparse_categorical_crossentropy"
+    )
+    class_weights: bool = True
+    augment: Literal["none", "paper1", "paper2"] = "none"
+    early_stopping_patience: int = Field(0, ge=0, description="0: off")
+    fine_tune_epochs: int = Field(0, ge=0)
+    fine_tune_layers: int = Field(
+        30, ge=-1, description="top backbone layers unfrozen to fine-tune (-1: all)"
+    )
+    fine_tune_learning_rate: float = Field(1e-5, gt=0)
+    mixed_precision: Literal["auto", "on", "off"] = "auto"
+    # Evaluation
+    folds: int = Field(0, ge=0, description="stratified group k-fold; 0 or 1: one train/validation split")
+    test_fraction: float = Field(0.2, gt=0, lt=1)
+    val_fraction: float = Field(0.1, gt=0, lt=1)
+    seed: int = 42
+    # Output
+    out: Path = Path("models")
+    name: str = "allnet"
+    version: int = Field(1, gt=0)
+    reports: Path = Path("reports")
+    export: bool = True
+
+    @field_validator("arch")
+    @classmethod
+    def _known_arch(cls, value: str) -> str:
+        if value not in ARCHITECTURES:
+            raise ValueError(f"unknown architecture {value!r}; choose one of {', '.join(ARCHITECTURES)}")
+        return value
+
+    @property
+    def weights_arg(self) -> str | Path | None:
+        """The ``weights`` argument for Keras."""
+        if self.weights == "none":
+            return None
+        return self.weights if self.weights == "imagenet" else Path(self.weights)
+
+
+def _coerce(value: str) -> Any:
+    for kind in (int, float):
+        try:
+            return kind(value)
+        except ValueError:
+            pass
+    return {"true": True, "false": False}.get(value.lower(), value)
+
+
+def load_config(path: Path | None, overrides: dict[str, str] | None = None, **values: Any) -> TrainConfig:
+    """Read a TOML recipe (its paths are relative to the current folder), then apply overrides."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        try:
+            data = tomllib.loads(path.read_text())
+        except OSError as exc:
+            raise ConfigError(f"cannot read config {path}: {exc}") from exc
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path} is not valid TOML: {exc}") from exc
+        data.pop("description", None)
+    data.update({k: _coerce(v) for k, v in (overrides or {}).items()})
+    data.update({k: v for k, v in values.items() if v is not None})
+    try:
+        return TrainConfig(**data)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise ConfigError(f"bad configuration: {problems}") from exc
