@@ -108,3 +108,58 @@ def test_unknown_architecture() -> None:
 
     with pytest.raises(ValueError, match="unknown architecture 'resnet9000'"):
         build_model("resnet9000", 2, (32, 32))
+
+
+def test_warmup_records_are_prediction_logs_tf_serving_can_replay(model_base: Path) -> None:
+    import tensorflow as tf
+    from tensorflow_serving.apis import prediction_log_pb2
+
+    path = model_base / "allnet" / "1" / contract.WARMUP_FILE
+    logs = [
+        prediction_log_pb2.PredictionLog.FromString(r.numpy()) for r in tf.data.TFRecordDataset(str(path))
+    ]
+    assert [log.predict_log.request.model_spec.name for log in logs] == ["allnet", "allnet"]
+    shapes = []
+    for log in logs:
+        tensor = log.predict_log.request.inputs[contract.SERVING_INPUT]
+        assert tensor.dtype == tf.uint8.as_datatype_enum
+        shapes.append([d.size for d in tensor.tensor_shape.dim])
+    assert shapes == [[1, INPUT_SIZE, INPUT_SIZE, 3], [8, INPUT_SIZE, INPUT_SIZE, 3]]
+
+
+def test_export_a_checkpoint(tmp_path: Path) -> None:
+    import tensorflow as tf
+
+    from allxai.trainer.config import load_config
+    from allxai.trainer.export import ExportError, export_checkpoint
+    from allxai.trainer.models import build_allnet
+
+    model = build_allnet(2, (32, 32))
+    weights = tmp_path / "best.weights.h5"
+    model.save_weights(str(weights))
+    config = load_config(None, input_size=32, out=tmp_path / "models", name="ckpt", version=3)
+    card = {"class_names": ["all", "hem"]}
+    path = export_checkpoint(config, weights, card)
+    served = tf.saved_model.load(str(path)).signatures[contract.SERVING_SIGNATURE]
+    image = np.random.default_rng(0).integers(0, 256, (1, 32, 32, 3), dtype=np.uint8)
+    expected = np.asarray(model(image.astype(np.float32)))
+    np.testing.assert_allclose(
+        served(images=tf.constant(image))[contract.OUTPUT].numpy(), expected, atol=1e-5
+    )
+    with pytest.raises(ExportError, match="class_names"):
+        export_checkpoint(config.model_copy(update={"version": 4}), weights, None)
+
+
+def test_mixed_precision_policy_follows_the_config() -> None:
+    import keras
+
+    from allxai.trainer.config import load_config
+    from allxai.trainer.fit import distribution
+
+    try:
+        distribution(load_config(None, mixed_precision="on"))
+        assert keras.mixed_precision.global_policy().name == "mixed_float16"
+        distribution(load_config(None, mixed_precision="auto"))  # no GPU here: float32
+        assert keras.mixed_precision.global_policy().name == "float32"
+    finally:
+        keras.mixed_precision.set_global_policy("float32")

@@ -148,6 +148,7 @@ def _parser() -> argparse.ArgumentParser:
         ("train", "train, cross-validate and export a model"),
         ("evaluate", "evaluate an exported model on a dataset"),
         ("export", "export a training checkpoint for serving"),
+        ("compare", "compare training runs in one table"),
     ):
         sub.add_parser(name, help=f"{what} (needs allxai[train]); see allxai {name} -h", add_help=False)
     sub.add_parser("serve", help="run the gateway (needs allxai[server]); settings from ALLXAI_*")
@@ -157,7 +158,7 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``allxai`` command."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in ("train", "evaluate", "export"):
+    if argv and argv[0] in ("train", "evaluate", "export", "compare"):
         return _trainer(argv)
     args = _parser().parse_args(argv)
     if args.command == "serve":

@@ -139,10 +139,34 @@ def export_main(argv: Sequence[str]) -> int:
     return 0
 
 
+def compare_main(argv: Sequence[str]) -> int:
+    """Compare runs (their report folders) in a table shaped like paper 2's table 6."""
+    parser = argparse.ArgumentParser(prog="allxai compare", description=compare_main.__doc__)
+    parser.add_argument("runs", nargs="+", type=Path, help="report folders written by allxai train")
+    parser.add_argument("--out", type=Path, default=Path("reports/comparison"))
+    args = parser.parse_args(argv)
+
+    from allxai.trainer.reports import comparison_row, write_comparison  # noqa: PLC0415
+
+    try:
+        rows = [comparison_row(json.loads((run / "report.json").read_text())) for run in args.runs]
+    except (OSError, ValueError, KeyError) as exc:
+        parser.exit(2, f"allxai compare: {exc}\n")
+    written = write_comparison(rows, args.out)
+    print((args.out / "comparison.md").read_text())
+    print("wrote " + ", ".join(str(p) for p in written.values()))
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Dispatch ``train``, ``evaluate`` or ``export``."""
+    """Dispatch ``train``, ``evaluate``, ``export`` or ``compare``."""
     argv = list(argv or [])
-    commands = {"train": train_main, "evaluate": evaluate_main, "export": export_main}
+    commands = {
+        "train": train_main,
+        "evaluate": evaluate_main,
+        "export": export_main,
+        "compare": compare_main,
+    }
     if not argv or argv[0] not in commands:
         print("usage: allxai {train,evaluate,export} ...")
         return 2

@@ -43,12 +43,21 @@ class TrainConfig(BaseModel):
     class_weights: bool = True
     augment: Literal["none", "paper1", "paper2"] = "none"
     early_stopping_patience: int = Field(0, ge=0, description="0: off")
+    reduce_lr_patience: int = Field(
+        0, ge=0, description="halve the learning rate after this many flat epochs; 0: off"
+    )
     fine_tune_epochs: int = Field(0, ge=0)
     fine_tune_layers: int = Field(
         30, ge=-1, description="top backbone layers unfrozen to fine-tune (-1: all)"
     )
     fine_tune_learning_rate: float = Field(1e-5, gt=0)
     mixed_precision: Literal["auto", "on", "off"] = "auto"
+    jit_compile: bool = Field(
+        False, description="XLA; compiling large backbones costs minutes and did not pay here"
+    )
+    run_eagerly: bool = Field(
+        False, description="skip graph tracing: faster for a few tiny batches, slower for real runs"
+    )
     # Evaluation
     folds: int = Field(0, ge=0, description="stratified group k-fold; 0 or 1: one train/validation split")
     test_fraction: float = Field(0.2, gt=0, lt=1)

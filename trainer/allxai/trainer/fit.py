@@ -82,6 +82,8 @@ def _compile(model: Any, config: TrainConfig, learning_rate: float, num_classes:
         optimizer=keras.optimizers.Adam(learning_rate),
         loss=loss,
         metrics=["accuracy", keras.metrics.F1Score(average="macro", name="f1_score")],
+        jit_compile=config.jit_compile,
+        run_eagerly=config.run_eagerly,
     )
 
 
@@ -125,6 +127,12 @@ def fit(
             str(best), monitor="val_loss", save_best_only=True, save_weights_only=True
         )
     ]
+    if config.reduce_lr_patience:
+        callbacks.append(
+            keras.callbacks.ReduceLROnPlateau(
+                monitor="val_loss", factor=0.5, patience=config.reduce_lr_patience
+            )
+        )
     if config.early_stopping_patience:
         callbacks.append(
             keras.callbacks.EarlyStopping(monitor="val_loss", patience=config.early_stopping_patience)

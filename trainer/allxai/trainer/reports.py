@@ -166,8 +166,11 @@ def write_run_report(
     test: Mapping[str, Any] | None,
     histories: Sequence[dict[str, list[float]]],
     class_names: Sequence[str],
+    extra: Mapping[str, Any] | None = None,
 ) -> dict[str, Path]:
     """Write ``report.json``, ``report.md`` and the run's pictures into ``folder``.
+
+    ``extra`` (e.g. the parameter count and wall time) goes into ``report.json`` as it is.
 
     ``folds`` items are ``{"fold", "val", "test", "epochs", "seconds"}`` with `metrics.evaluate`
     dicts under ``val`` and ``test``; ``summary`` is `metrics.summarize_folds` over the validation
@@ -234,10 +237,21 @@ def write_run_report(
         "test": test,
         "histories": histories,
         "figures": sorted(name for name in written if name.endswith(".png")),
+        **(extra or {}),
     }
     _write_json(folder / "report.json", payload)
     written["report.json"] = folder / "report.json"
     return written
+
+
+def comparison_row(report: Mapping[str, Any]) -> dict[str, Any]:
+    """One row of :func:`write_comparison` from a run's ``report.json``."""
+    return {
+        "model": str(report["config"]["arch"]),
+        "params": int(report.get("params", 0)),
+        "seconds": float(report.get("seconds", sum(f.get("seconds", 0.0) for f in report["folds"]))),
+        "summary": report["summary"],
+    }
 
 
 def write_comparison(rows: Sequence[Mapping[str, Any]], folder: Path) -> dict[str, Path]:

@@ -132,6 +132,7 @@ def run(config: TrainConfig) -> RunResult:
     fold_rows: list[dict[str, Any]] = []
     histories: list[dict[str, list[float]]] = []
     best_model: Any = None
+    best_test: dict[str, Any] | None = None
     best_score = -1.0
     params = 0
     for k, (tr, va) in enumerate(splits, start=1):
@@ -153,7 +154,8 @@ def run(config: TrainConfig) -> RunResult:
             config.seed + k,
         )
         val_metrics = evaluate(loaded.labels[va_idx], predict(result.model, loaded.images[va_idx]), names)
-        test_metrics = evaluate(y_test, predict(result.model, x_test), names) if len(y_test) else None
+        test_probs = predict(result.model, x_test) if len(y_test) else None
+        test_metrics = evaluate(y_test, test_probs, names) if test_probs is not None else None
         fold_rows.append(
             {
                 "fold": k,
@@ -168,13 +170,13 @@ def run(config: TrainConfig) -> RunResult:
         histories.append(result.history)
         params = int(result.model.count_params())
         if val_metrics["macro_f1"] > best_score:
-            best_score, best_model = val_metrics["macro_f1"], result.model
+            best_score, best_model, best_test = val_metrics["macro_f1"], result.model, test_metrics
 
-    fold_summary: dict[str, Any] = summarize_folds([r["val"] for r in fold_rows])
+    keys = ("accuracy", "macro_precision", "macro_recall", "macro_f1", "weighted_f1", "roc_auc", "ece")
+    fold_summary: dict[str, Any] = summarize_folds([r["val"] for r in fold_rows], keys)
     tests = [r["test"] for r in fold_rows if r["test"] is not None]
     if tests:
-        fold_summary["test"] = summarize_folds(tests)
-    best_test = evaluate(y_test, predict(best_model, x_test), names) if len(y_test) else None
+        fold_summary["test"] = summarize_folds(tests, keys)
     reports = write_run_report(
         config.reports,
         title=f"{config.arch} on {config.data}",
@@ -185,6 +187,7 @@ def run(config: TrainConfig) -> RunResult:
         test=best_test,
         histories=histories,
         class_names=names,
+        extra={"params": params, "seconds": time.monotonic() - started},
     )
     card = _card(config, names, dataset, fold_summary, best_test)
     (config.reports / "model_card.json").write_text(json.dumps(card, indent=2))
