@@ -14,6 +14,8 @@ import numpy.typing as npt
 from lime import lime_image
 from lime.wrappers.scikit_image import SegmentationAlgorithm
 
+from allxai.explainer.result import ExplanationResult, top_segments
+
 PredictFn = Callable[[npt.NDArray[np.uint8]], npt.NDArray[np.float32]]
 
 #: lime's own quickshift defaults (LimeImageExplainer.explain_instance).
@@ -29,21 +31,6 @@ class ExplainParams:
     positive_only: bool = True
     seed: int = 0
     batch_size: int = 64
-
-
-@dataclass
-class ExplanationResult:
-    """LIME's answer for one label, with what is needed to draw it."""
-
-    label_index: int
-    weights: list[tuple[int, float]]
-    top_segments: list[int]
-    segments: npt.NDArray[np.int64]
-    intercept: float
-    score: float
-    local_prediction: float
-    num_samples: int
-    seed: int
 
 
 def explain(
@@ -70,11 +57,10 @@ def explain(
         random_seed=params.seed,
     )
     weights = [(int(seg), float(w)) for seg, w in exp.local_exp[label_index]]
-    chosen = [(s, w) for s, w in weights if w > 0] if params.positive_only else weights
     return ExplanationResult(
         label_index=label_index,
         weights=weights,
-        top_segments=[s for s, _ in chosen[: params.top_k]],
+        top_segments=top_segments(weights, params.top_k, params.positive_only),
         segments=np.asarray(exp.segments),
         intercept=float(exp.intercept[label_index]),
         score=float(exp.score),

@@ -9,7 +9,7 @@ import numpy.typing as npt
 from PIL import Image
 from skimage.segmentation import find_boundaries, mark_boundaries
 
-from allxai.explainer.lime_plain import ExplanationResult
+from allxai.explainer.result import ExplanationResult
 
 
 def to_png(image: npt.NDArray[np.uint8]) -> bytes:

@@ -1,0 +1,55 @@
+"""What an explanation is, independent of how it was computed."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import numpy.typing as npt
+
+
+@dataclass(frozen=True)
+class Quality:
+    """How far to trust an explanation.
+
+    ``r2``: the surrogate's weighted R². ``local_prediction`` against ``model_prediction``: the
+    surrogate's and the model's probability of the label for the unperturbed image.
+    ``stability``: mean Jaccard overlap of the top-k superpixels refitted on random halves of the
+    samples (1.0: the same top-k every time). The ``*_share`` fields split the positive weight by
+    where its superpixels lie: on the cell, on the background, in the image corners (squares of
+    15% of the shorter side, where the Aria images carry a scale bar; a superpixel covering a
+    fifth of one counts as corner); weight on the background or corners points at a shortcut.
+    """
+
+    r2: float
+    local_prediction: float
+    model_prediction: float
+    stability: float
+    cell_share: float
+    background_share: float
+    corner_share: float
+
+
+@dataclass
+class ExplanationResult:
+    """LIME's answer for one label, with what is needed to draw it."""
+
+    label_index: int
+    weights: list[tuple[int, float]]
+    top_segments: list[int]
+    segments: npt.NDArray[np.int32] | npt.NDArray[np.int64]
+    intercept: float
+    score: float
+    local_prediction: float
+    num_samples: int
+    seed: int
+    quality: Quality | None = None
+    stopped_early: bool = False
+    composition: str = "gateway"
+    probabilities: npt.NDArray[np.float32] = field(default_factory=lambda: np.zeros(0, np.float32))
+
+
+def top_segments(weights: list[tuple[int, float]], k: int, positive_only: bool) -> list[int]:
+    """The k strongest superpixels (lime's ``get_image_and_mask`` order), positive ones only if asked."""
+    chosen = [(s, w) for s, w in weights if w > 0] if positive_only else weights
+    return [s for s, _ in chosen[:k]]
