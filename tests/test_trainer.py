@@ -163,3 +163,46 @@ def test_mixed_precision_policy_follows_the_config() -> None:
         assert keras.mixed_precision.global_policy().name == "float32"
     finally:
         keras.mixed_precision.set_global_policy("float32")
+
+
+def test_evaluate_an_export_through_its_serving_signature(model_base: Path, tmp_path: Path) -> None:
+    from allxai.trainer.cli import main as trainer_main
+    from allxai.trainer.synthetic import make_dataset
+
+    data = make_dataset(tmp_path / "data", per_class=3, size=INPUT_SIZE, seed=9)
+    reports = tmp_path / "reports"
+    assert (
+        trainer_main(
+            [
+                "evaluate",
+                "--model",
+                str(model_base / "allnet" / "1"),
+                "--data",
+                str(data),
+                "--reports",
+                str(reports),
+            ]
+        )
+        == 0
+    )
+    report = json.loads((reports / "evaluation.json").read_text())
+    assert report["metrics"]["n"] == 12
+    assert len(report["metrics"]["confusion_matrix"]) == 4
+    assert (reports / "confusion_matrix.png").is_file()
+
+
+def test_fine_tuning_unfreezes_only_the_top_of_the_backbone() -> None:
+    import keras
+
+    from allxai.trainer.models import backbone_of, build_model, set_trainable
+
+    model = build_model("mobilenetv3large", 2, (64, 64), weights=None)
+    backbone = backbone_of(model)
+    set_trainable(model, 0)
+    assert not backbone.trainable
+    set_trainable(model, 10)
+    trainable = [layer for layer in backbone.layers if layer.trainable and layer.weights]
+    assert trainable, "the top layers train"
+    assert all(layer in backbone.layers[-10:] for layer in trainable)
+    assert not any(isinstance(layer, keras.layers.BatchNormalization) for layer in trainable)
+    assert backbone_of(build_model("allnet", 2, (64, 64))) is None
