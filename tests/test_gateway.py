@@ -214,3 +214,57 @@ def test_a_passed_deadline_stops_the_explanation_and_frees_its_slot(
         assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     reply = stub.Explain(explain_request(cell_png, seed=1, samples=50), timeout=60)
     assert reply.explanation.num_samples == 50
+
+
+def test_explain_returns_quality_and_both_compositions_agree(
+    stub: pb_grpc.DiagnosisServiceStub, cell_png: bytes
+) -> None:
+    by_model = stub.Explain(explain_request(cell_png, seed=8, composition=pb.COMPOSITION_MODEL), timeout=60)
+    by_gateway = stub.Explain(
+        explain_request(cell_png, seed=8, composition=pb.COMPOSITION_GATEWAY), timeout=60
+    )
+    assert by_model.explanation.composition == pb.COMPOSITION_MODEL
+    assert by_gateway.explanation.composition == pb.COMPOSITION_GATEWAY
+    model_weights = {w.segment: w.weight for w in by_model.explanation.weights}
+    for w in by_gateway.explanation.weights:
+        assert w.weight == pytest.approx(model_weights[w.segment], abs=1e-5)
+    q = by_model.explanation.quality
+    assert 0.0 <= q.stability <= 1.0
+    assert q.cell_share + q.background_share + q.corner_share == pytest.approx(1.0, abs=1e-6) or (
+        q.cell_share == q.background_share == q.corner_share == 0.0
+    )
+    assert q.model_prediction == pytest.approx(by_model.classification.confidence, abs=1e-6)
+
+
+def test_explain_adaptive_and_other_segmentations(
+    stub: pb_grpc.DiagnosisServiceStub, cell_png: bytes
+) -> None:
+    adaptive = stub.Explain(explain_request(cell_png, seed=2, samples=1000, adaptive=True), timeout=60)
+    assert adaptive.explanation.num_samples <= 1000
+    assert adaptive.explanation.stopped_early == (adaptive.explanation.num_samples < 1000)
+    slic = stub.Explain(
+        explain_request(
+            cell_png, seed=2, segmentation=pb.SEGMENTATION_SLIC, segmentation_params={"n_segments": 12.0}
+        ),
+        timeout=60,
+    )
+    assert 1 <= slic.explanation.num_segments <= 30
+
+
+@pytest.mark.parametrize(
+    ("options", "field"),
+    [
+        ({"hide_color": [1, 2]}, "options.hide_color"),
+        ({"hide_color": [0, 0, 999]}, "options.hide_color"),
+        ({"segmentation_params": {"n_segments": 3.0}}, "options.segmentation_params"),
+        ({"seed": -1}, "options.seed"),
+    ],
+)
+def test_explain_refuses_bad_segmentation_and_colours(
+    stub: pb_grpc.DiagnosisServiceStub, cell_png: bytes, options: dict[str, object], field: str
+) -> None:
+    seed = options.pop("seed", 1)
+    with pytest.raises(grpc.RpcError) as info:
+        stub.Explain(explain_request(cell_png, seed=seed, **options), timeout=60)  # type: ignore[arg-type]
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert field in bad_request(info.value)

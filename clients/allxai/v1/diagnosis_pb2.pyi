@@ -82,6 +82,30 @@ PICTURE_KIND_FIGURE: PictureKind.ValueType  # 4
 """Input, mask and heatmap side by side."""
 Global___PictureKind: _TypeAlias = PictureKind  # noqa: Y015
 
+class _Composition:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _CompositionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Composition.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    COMPOSITION_UNSPECIFIED: _Composition.ValueType  # 0
+    """Next to the model when it has a compose signature, else in the gateway."""
+    COMPOSITION_GATEWAY: _Composition.ValueType  # 1
+    """In the gateway; whole images go to the model."""
+    COMPOSITION_MODEL: _Composition.ValueType  # 2
+    """By the model's compose signature; only the masks go to the model."""
+
+class Composition(_Composition, metaclass=_CompositionEnumTypeWrapper):
+    """Where the perturbed images of an explanation are built."""
+
+COMPOSITION_UNSPECIFIED: Composition.ValueType  # 0
+"""Next to the model when it has a compose signature, else in the gateway."""
+COMPOSITION_GATEWAY: Composition.ValueType  # 1
+"""In the gateway; whole images go to the model."""
+COMPOSITION_MODEL: Composition.ValueType  # 2
+"""By the model's compose signature; only the masks go to the model."""
+Global___Composition: _TypeAlias = Composition  # noqa: Y015
+
 @_typing.final
 class Image(_message.Message):
     """An encoded image as it comes from the microscope or the LIS."""
@@ -540,6 +564,26 @@ class ExplainOptions(_message.Message):
 
     DESCRIPTOR: _descriptor.Descriptor
 
+    @_typing.final
+    class SegmentationParamsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.float
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.float = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
+
     NUM_SAMPLES_FIELD_NUMBER: _builtins.int
     TOP_K_FIELD_NUMBER: _builtins.int
     POSITIVE_ONLY_FIELD_NUMBER: _builtins.int
@@ -548,6 +592,11 @@ class ExplainOptions(_message.Message):
     TARGET_LABEL_FIELD_NUMBER: _builtins.int
     PICTURES_FIELD_NUMBER: _builtins.int
     BATCH_SIZE_FIELD_NUMBER: _builtins.int
+    NUM_FEATURES_FIELD_NUMBER: _builtins.int
+    SEGMENTATION_PARAMS_FIELD_NUMBER: _builtins.int
+    HIDE_COLOR_FIELD_NUMBER: _builtins.int
+    ADAPTIVE_FIELD_NUMBER: _builtins.int
+    COMPOSITION_FIELD_NUMBER: _builtins.int
     num_samples: _builtins.int
     """Perturbed samples to draw (lime's default 1,000)."""
     top_k: _builtins.int
@@ -562,9 +611,25 @@ class ExplainOptions(_message.Message):
     """The class to explain; empty means the predicted class."""
     batch_size: _builtins.int
     """Predictions per batch sent to the model (default: the server's)."""
+    num_features: _builtins.int
+    """lime's num_features: superpixels the surrogate may use (default: all)."""
+    adaptive: _builtins.bool
+    """Draw samples in rounds and stop once the top-k superpixels are stable; num_samples is then the bound."""
+    composition: Global___Composition.ValueType
+    """Where the perturbed images are built."""
     @_builtins.property
     def pictures(self) -> _containers.RepeatedScalarFieldContainer[Global___PictureKind.ValueType]:
         """The pictures to return; empty means an overlay only."""
+
+    @_builtins.property
+    def segmentation_params(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]:
+        """Parameters of the segmentation algorithm by name (quickshift: kernel_size, max_dist, ratio;
+        slic: n_segments, compactness, sigma; felzenszwalb: scale, sigma, min_size); others keep defaults.
+        """
+
+    @_builtins.property
+    def hide_color(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """The colour of hidden superpixels as [r, g, b]; empty means each superpixel's mean colour (lime's default)."""
 
     def __init__(
         self,
@@ -577,16 +642,67 @@ class ExplainOptions(_message.Message):
         target_label: _builtins.str = ...,
         pictures: _abc.Iterable[Global___PictureKind.ValueType] | None = ...,
         batch_size: _builtins.int = ...,
+        num_features: _builtins.int = ...,
+        segmentation_params: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
+        hide_color: _abc.Iterable[_builtins.int] | None = ...,
+        adaptive: _builtins.bool = ...,
+        composition: Global___Composition.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_seed", b"_seed", "seed", b"seed"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_seed", b"_seed", "batch_size", b"batch_size", "num_samples", b"num_samples", "pictures", b"pictures", "positive_only", b"positive_only", "seed", b"seed", "segmentation", b"segmentation", "target_label", b"target_label", "top_k", b"top_k"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_seed", b"_seed", "adaptive", b"adaptive", "batch_size", b"batch_size", "composition", b"composition", "hide_color", b"hide_color", "num_features", b"num_features", "num_samples", b"num_samples", "pictures", b"pictures", "positive_only", b"positive_only", "seed", b"seed", "segmentation", b"segmentation", "segmentation_params", b"segmentation_params", "target_label", b"target_label", "top_k", b"top_k"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__seed: _TypeAlias = _typing.Literal["seed"]  # noqa: Y015
     _WhichOneofArgType__seed: _TypeAlias = _typing.Literal["_seed", b"_seed"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType__seed) -> _WhichOneofReturnType__seed | None: ...
 
 Global___ExplainOptions: _TypeAlias = ExplainOptions  # noqa: Y015
+
+@_typing.final
+class ExplanationQuality(_message.Message):
+    """How far to trust an explanation."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    R2_FIELD_NUMBER: _builtins.int
+    LOCAL_PREDICTION_FIELD_NUMBER: _builtins.int
+    MODEL_PREDICTION_FIELD_NUMBER: _builtins.int
+    STABILITY_FIELD_NUMBER: _builtins.int
+    CELL_SHARE_FIELD_NUMBER: _builtins.int
+    BACKGROUND_SHARE_FIELD_NUMBER: _builtins.int
+    CORNER_SHARE_FIELD_NUMBER: _builtins.int
+    r2: _builtins.float
+    """The surrogate's weighted R^2."""
+    local_prediction: _builtins.float
+    """The surrogate's probability of the label for the unperturbed image."""
+    model_prediction: _builtins.float
+    """The model's probability of the label for the unperturbed image."""
+    stability: _builtins.float
+    """Mean Jaccard overlap of the top-k superpixels refitted on random halves of the samples."""
+    cell_share: _builtins.float
+    """Share of the positive weight on the cell."""
+    background_share: _builtins.float
+    """Share of the positive weight on the background."""
+    corner_share: _builtins.float
+    """Share of the positive weight in the image corners (where a scale bar sits)."""
+    def __init__(
+        self,
+        *,
+        r2: _builtins.float = ...,
+        local_prediction: _builtins.float = ...,
+        model_prediction: _builtins.float = ...,
+        stability: _builtins.float = ...,
+        cell_share: _builtins.float = ...,
+        background_share: _builtins.float = ...,
+        corner_share: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["background_share", b"background_share", "cell_share", b"cell_share", "corner_share", b"corner_share", "local_prediction", b"local_prediction", "model_prediction", b"model_prediction", "r2", b"r2", "stability", b"stability"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ExplanationQuality: _TypeAlias = ExplanationQuality  # noqa: Y015
 
 @_typing.final
 class SuperpixelWeight(_message.Message):
@@ -656,6 +772,9 @@ class Explanation(_message.Message):
     SCORE_FIELD_NUMBER: _builtins.int
     LOCAL_PREDICTION_FIELD_NUMBER: _builtins.int
     PICTURES_FIELD_NUMBER: _builtins.int
+    QUALITY_FIELD_NUMBER: _builtins.int
+    STOPPED_EARLY_FIELD_NUMBER: _builtins.int
+    COMPOSITION_FIELD_NUMBER: _builtins.int
     label: _builtins.str
     """The explained class."""
     seed: _builtins.int
@@ -670,6 +789,10 @@ class Explanation(_message.Message):
     """The surrogate's R^2 on the weighted samples."""
     local_prediction: _builtins.float
     """The surrogate's prediction for the unperturbed image."""
+    stopped_early: _builtins.bool
+    """Whether adaptive sampling stopped before num_samples."""
+    composition: Global___Composition.ValueType
+    """Where the perturbed images were built."""
     @_builtins.property
     def weights(self) -> _containers.RepeatedCompositeFieldContainer[Global___SuperpixelWeight]:
         """Superpixel weights, strongest first."""
@@ -681,6 +804,10 @@ class Explanation(_message.Message):
     @_builtins.property
     def pictures(self) -> _containers.RepeatedCompositeFieldContainer[Global___Picture]:
         """The requested pictures."""
+
+    @_builtins.property
+    def quality(self) -> Global___ExplanationQuality:
+        """How far to trust this explanation."""
 
     def __init__(
         self,
@@ -695,10 +822,13 @@ class Explanation(_message.Message):
         score: _builtins.float = ...,
         local_prediction: _builtins.float = ...,
         pictures: _abc.Iterable[Global___Picture] | None = ...,
+        quality: Global___ExplanationQuality | None = ...,
+        stopped_early: _builtins.bool = ...,
+        composition: Global___Composition.ValueType = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["quality", b"quality"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["intercept", b"intercept", "label", b"label", "local_prediction", b"local_prediction", "num_samples", b"num_samples", "num_segments", b"num_segments", "pictures", b"pictures", "score", b"score", "seed", b"seed", "top_segments", b"top_segments", "weights", b"weights"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["composition", b"composition", "intercept", b"intercept", "label", b"label", "local_prediction", b"local_prediction", "num_samples", b"num_samples", "num_segments", b"num_segments", "pictures", b"pictures", "quality", b"quality", "score", b"score", "seed", b"seed", "stopped_early", b"stopped_early", "top_segments", b"top_segments", "weights", b"weights"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

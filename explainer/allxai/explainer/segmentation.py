@@ -33,7 +33,10 @@ class SegmentationSpec:
         unknown = set(self.params) - set(DEFAULTS[self.method])
         if unknown:
             raise ValueError(f"{self.method} has no parameter {', '.join(sorted(unknown))}")
-        return {**DEFAULTS[self.method], **self.params}
+        defaults = DEFAULTS[self.method]
+        # Values arrive as floats over the wire; integer parameters (n_segments, min_size) stay integers.
+        given = {k: type(defaults[k])(v) for k, v in self.params.items()}
+        return {**defaults, **given}
 
 
 def segment(image: npt.NDArray[np.uint8], spec: SegmentationSpec, seed: int) -> npt.NDArray[np.int32]:

@@ -7,19 +7,22 @@ from __future__ import annotations
 
 import asyncio
 import random
-import threading
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
 
-from allxai.explainer.lime_plain import ExplainParams, ExplanationResult
+from allxai.explainer.result import ExplanationResult
 from allxai.server.backends.base import Backend, ModelInfo, ModelSpec
-from allxai.server.errors import Cancelled, InvalidInput, Overloaded
+from allxai.server.errors import InvalidInput, Overloaded
 from allxai.server.settings import Settings
 from allxai.trainer.preprocessing import ImageError, ImageLimits, prepare_image
+
+if TYPE_CHECKING:
+    from allxai.explainer.engine import Settings as EngineSettings
 
 ProgressFn = Callable[[int, int], None]
 
@@ -84,10 +87,16 @@ class ExplainOptions:
 
     num_samples: int | None = None
     top_k: int = 5
+    num_features: int = 100000
     positive_only: bool = True
     seed: int | None = None
     target_label: str = ""
     batch_size: int | None = None
+    segmentation: str = "quickshift"
+    segmentation_params: dict[str, float] = field(default_factory=dict)
+    hide_color: tuple[int, int, int] | None = None
+    adaptive: bool = False
+    composition: str = "auto"
 
 
 @dataclass
@@ -167,62 +176,42 @@ class Diagnosis:
         timeout: float | None,
         progress: ProgressFn | None = None,
     ) -> ExplainOutcome:
-        """Classify and explain one image with LIME, off the event loop; stops when the caller goes."""
-        from allxai.explainer.lime_plain import explain  # noqa: PLC0415
+        """Classify and explain one image; cancelling the call stops the work at its next batch."""
+        from allxai.explainer.engine import explain  # noqa: PLC0415
 
-        params = self._params(options)
+        settings = self._settings_for(options)
         if self._explain_slots <= 0:
             raise Overloaded(
                 f"{self._settings.max_concurrent_explanations} explanations are running; try again shortly"
             )
         self._explain_slots -= 1
-        deadline = None if timeout is None else time.monotonic() + timeout
         try:
             started = time.perf_counter()
             model = await self._backend.resolve(spec)
             image = await self._prepare(data, model, "image.data")
+            target = self._target(model, options.target_label) if options.target_label else None
+            predictor = _BackendPredictor(self._backend, model, timeout)
             t_prep = time.perf_counter()
-            first = await self._backend.predict(model, image[None], timeout)
-            classification = _classification(model, first[0])
-            target = self._target(model, options.target_label, classification.label_index)
-            loop = asyncio.get_running_loop()
-            stop = threading.Event()
-            model_seconds = [time.perf_counter() - t_prep]
-            done_samples = [0]
-
-            def predict(batch: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
-                # Runs in lime's worker thread; the model call itself goes back to the loop.
-                if stop.is_set():
-                    raise Cancelled("the explanation was cancelled")
-                t0 = time.perf_counter()
-                remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
-                future = asyncio.run_coroutine_threadsafe(
-                    self._backend.predict(model, batch, remaining), loop
-                )
-                result = future.result()
-                model_seconds[0] += time.perf_counter() - t0
-                done_samples[0] += len(batch)
-                if progress is not None:
-                    loop.call_soon_threadsafe(progress, done_samples[0], params.num_samples)
-                return result
-
             try:
-                result = await asyncio.to_thread(explain, image, predict, target, params)
-            except BaseException:
-                stop.set()
-                raise
+                result = await explain(image, predictor, settings, label=target, progress=progress)
+            except ValueError as exc:
+                raise InvalidInput("options", str(exc)) from exc
             done = time.perf_counter()
+            classification = _classification(model, result.probabilities)
             timings = Timings(
                 preprocess=t_prep - started,
-                model=model_seconds[0],
-                explain=max(0.0, done - t_prep - model_seconds[0]),
+                model=predictor.seconds,
+                explain=max(0.0, done - t_prep - predictor.seconds),
                 total=done - started,
             )
             return ExplainOutcome(model, classification, result, image, timings)
         finally:
             self._explain_slots += 1
 
-    def _params(self, options: ExplainOptions) -> ExplainParams:
+    def _settings_for(self, options: ExplainOptions) -> EngineSettings:
+        from allxai.explainer.engine import Settings as EngineSettings  # noqa: PLC0415
+        from allxai.explainer.segmentation import SegmentationSpec  # noqa: PLC0415
+
         samples = options.num_samples or self._settings.explain_default_samples
         if samples < 1 or samples > self._settings.explain_max_samples:
             raise InvalidInput(
@@ -236,18 +225,83 @@ class Diagnosis:
         seed = options.seed if options.seed is not None else random.SystemRandom().randrange(2**31)
         if not 0 <= seed < 2**32:
             raise InvalidInput("options.seed", "must be between 0 and 2**32 - 1")
-        return ExplainParams(samples, options.top_k or 5, options.positive_only, seed, batch)
+        if options.hide_color is not None and not all(0 <= c <= 255 for c in options.hide_color):
+            raise InvalidInput(
+                "options.hide_color", "three values from 0 to 255, or none for lime's mean colour"
+            )
+        segmentation = SegmentationSpec(options.segmentation, dict(options.segmentation_params))  # type: ignore[arg-type]
+        try:
+            segmentation.resolved()
+        except ValueError as exc:
+            raise InvalidInput("options.segmentation_params", str(exc)) from exc
+        if options.composition not in ("auto", "gateway", "model"):
+            raise InvalidInput("options.composition", f"unknown composition {options.composition!r}")
+        return EngineSettings(
+            num_samples=samples,
+            top_k=options.top_k or 5,
+            num_features=options.num_features or 100000,
+            positive_only=options.positive_only,
+            seed=seed,
+            batch_size=batch,
+            max_in_flight=self._settings.explain_max_in_flight,
+            segmentation=segmentation,
+            hide_color=options.hide_color,
+            composition=options.composition,  # type: ignore[arg-type]
+            adaptive=options.adaptive,
+        )
 
     @staticmethod
-    def _target(model: ModelInfo, label: str, default: int) -> int:
-        if not label:
-            return default
+    def _target(model: ModelInfo, label: str) -> int:
         if label not in model.class_names:
             raise InvalidInput(
                 "options.target_label",
                 f"{label!r} is not a class of this model ({', '.join(model.class_names)})",
             )
         return model.class_names.index(label)
+
+
+class _BackendPredictor:
+    """The engine's Predictor over one model of a backend, with the request's deadline."""
+
+    def __init__(self, backend: Backend, model: ModelInfo, timeout: float | None) -> None:
+        self._backend = backend
+        self._model = model
+        self._deadline = None if timeout is None else time.monotonic() + timeout
+        self.seconds = 0.0  # time the model was busy for this request (overlapping calls counted once)
+        self._busy = 0
+        self._since = 0.0
+
+    @property
+    def has_composition(self) -> bool:
+        return self._model.has_composition
+
+    def _remaining(self) -> float | None:
+        return None if self._deadline is None else max(0.0, self._deadline - time.monotonic())
+
+    async def _timed(self, call: Awaitable[npt.NDArray[np.float32]]) -> npt.NDArray[np.float32]:
+        if self._busy == 0:
+            self._since = time.perf_counter()
+        self._busy += 1
+        try:
+            return await call
+        finally:
+            self._busy -= 1
+            if self._busy == 0:
+                self.seconds += time.perf_counter() - self._since
+
+    async def predict(self, images: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
+        return await self._timed(self._backend.predict(self._model, images, self._remaining()))
+
+    async def predict_composed(
+        self,
+        image: npt.NDArray[np.uint8],
+        fill: npt.NDArray[np.uint8],
+        segments: npt.NDArray[np.int32],
+        masks: npt.NDArray[np.uint8],
+    ) -> npt.NDArray[np.float32]:
+        return await self._timed(
+            self._backend.predict_composed(self._model, image, fill, segments, masks, self._remaining())
+        )
 
 
 def _classification(model: ModelInfo, probs: npt.NDArray[np.float32]) -> Classification:

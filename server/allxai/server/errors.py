@@ -62,12 +62,6 @@ class DeadlineExceeded(AllxaiError):
     code = grpc.StatusCode.DEADLINE_EXCEEDED
 
 
-class Cancelled(AllxaiError):
-    """The caller went away."""
-
-    code = grpc.StatusCode.CANCELLED
-
-
 def to_status(error: AllxaiError) -> grpc.Status:
     """A gRPC status with the message, and ``google.rpc.BadRequest`` details for invalid input."""
     details = []

@@ -12,6 +12,7 @@ from typing import Any
 
 import grpc
 
+from allxai.explainer.result import Quality
 from allxai.server.backends.base import ModelInfo, ModelSpec
 from allxai.server.core import Classification, Diagnosis, ExplainOptions, ExplainOutcome, Timings
 from allxai.server.errors import InvalidInput
@@ -69,17 +70,59 @@ def _timings(t: Timings) -> pb.Timings:
     return out
 
 
+_SEGMENTATIONS = {
+    pb.SEGMENTATION_UNSPECIFIED: "quickshift",
+    pb.SEGMENTATION_QUICKSHIFT: "quickshift",
+    pb.SEGMENTATION_SLIC: "slic",
+    pb.SEGMENTATION_FELZENSZWALB: "felzenszwalb",
+}
+_COMPOSITIONS = {
+    pb.COMPOSITION_UNSPECIFIED: "auto",
+    pb.COMPOSITION_GATEWAY: "gateway",
+    pb.COMPOSITION_MODEL: "model",
+}
+
+
 def _options(message: pb.ExplainOptions) -> ExplainOptions:
     for kind in message.pictures:
         if kind not in _PICTURES:
             raise InvalidInput("options.pictures", f"unknown picture kind {kind}")
+    if message.segmentation not in _SEGMENTATIONS:
+        raise InvalidInput("options.segmentation", f"unknown segmentation {message.segmentation}")
+    if message.composition not in _COMPOSITIONS:
+        raise InvalidInput("options.composition", f"unknown composition {message.composition}")
+    if message.hide_color and len(message.hide_color) != 3:
+        raise InvalidInput(
+            "options.hide_color", "give three values [r, g, b], or none for lime's mean colour"
+        )
+    hide = tuple(message.hide_color)
     return ExplainOptions(
         num_samples=message.num_samples or None,
         top_k=message.top_k,
+        num_features=message.num_features,
         positive_only=message.positive_only,
         seed=message.seed if message.HasField("seed") else None,
         target_label=message.target_label,
         batch_size=message.batch_size or None,
+        segmentation=_SEGMENTATIONS[message.segmentation],
+        segmentation_params=dict(message.segmentation_params),
+        hide_color=(hide[0], hide[1], hide[2]) if hide else None,
+        adaptive=message.adaptive,
+        composition=_COMPOSITIONS[message.composition],
+    )
+
+
+def _quality(quality: Quality | None) -> pb.ExplanationQuality | None:
+    if quality is None:
+        return None
+    return pb.ExplanationQuality(
+        r2=quality.r2,
+        local_prediction=quality.local_prediction,
+        model_prediction=quality.model_prediction,
+        stability=quality.stability,
+        cell_share=quality.cell_share,
+        background_share=quality.background_share,
+        corner_share=quality.corner_share,
     )
 
 
@@ -118,6 +161,9 @@ def _explain_response(
             score=result.score,
             local_prediction=result.local_prediction,
             pictures=pictures,
+            quality=_quality(result.quality),
+            stopped_early=result.stopped_early,
+            composition=pb.COMPOSITION_MODEL if result.composition == "model" else pb.COMPOSITION_GATEWAY,
         ),
         model=_model(outcome.model),
         request_id=request_id,

@@ -34,6 +34,9 @@ class Settings(BaseSettings):
     predict_threads: int = Field(2, gt=0, description="Threads running the embedded model.")
     explain_default_samples: int = Field(1000, gt=0, description="LIME samples when a request sets none.")
     explain_max_samples: int = Field(10000, gt=0, description="Most LIME samples a request may ask for.")
+    explain_max_in_flight: int = Field(
+        4, gt=0, description="Prediction batches of one explanation in flight."
+    )
     max_concurrent_explanations: int = Field(
         2, gt=0, description="Explanations running at once; more get RESOURCE_EXHAUSTED."
     )

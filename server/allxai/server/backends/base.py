@@ -49,3 +49,15 @@ class Backend(Protocol):
         self, model: ModelInfo, images: npt.NDArray[np.uint8], timeout: float | None
     ) -> npt.NDArray[np.float32]:
         """Class probabilities ``[N, C]`` for uint8 images ``[N, H, W, 3]`` at the model's input size."""
+
+    async def predict_composed(
+        self,
+        model: ModelInfo,
+        image: npt.NDArray[np.uint8],
+        fill: npt.NDArray[np.uint8],
+        segments: npt.NDArray[np.int32],
+        masks: npt.NDArray[np.uint8],
+        timeout: float | None,
+    ) -> npt.NDArray[np.float32]:
+        """Probabilities of the perturbed images the model's ``compose`` signature builds from
+        ``masks [N, S]``; only for models with ``has_composition``."""

@@ -27,7 +27,9 @@ log = logging.getLogger(__name__)
 @dataclass
 class _Loaded:
     info: ModelInfo
+    saved: Any  # the loaded object: signatures hold only weak references to it
     serve: Any
+    compose: Any | None
 
 
 def discover(base: Path) -> dict[str, list[int]]:
@@ -101,8 +103,12 @@ class EmbeddedBackend:
             card_json=json.dumps(card, sort_keys=True),
             available_versions=versions,
         )
-        # Keep `saved` alive with the signature: the function holds only weak references to it.
-        return _Loaded(info, (saved, saved.signatures[contract.SERVING_SIGNATURE]))
+        return _Loaded(
+            info,
+            saved,
+            saved.signatures[contract.SERVING_SIGNATURE],
+            saved.signatures.get(contract.COMPOSE_SIGNATURE),
+        )
 
     async def close(self) -> None:
         """Drop the models and stop the threads."""
@@ -135,24 +141,50 @@ class EmbeddedBackend:
         self, model: ModelInfo, images: npt.NDArray[np.uint8], timeout: float | None
     ) -> npt.NDArray[np.float32]:
         """Run the model on the thread pool in batches of at most ``batch_size``."""
+        entry = self._entry(model)
+        chunks = [images[i : i + self._batch_size] for i in range(0, len(images), self._batch_size)]
+        calls = [{contract.SERVING_INPUT: chunk} for chunk in chunks]
+        return await self._gather(entry.serve, calls, timeout, len(model.class_names))
+
+    async def predict_composed(
+        self,
+        model: ModelInfo,
+        image: npt.NDArray[np.uint8],
+        fill: npt.NDArray[np.uint8],
+        segments: npt.NDArray[np.int32],
+        masks: npt.NDArray[np.uint8],
+        timeout: float | None,
+    ) -> npt.NDArray[np.float32]:
+        """Run the model's ``compose`` signature in batches of at most ``batch_size`` masks."""
+        entry = self._entry(model)
+        if entry.compose is None:
+            raise ModelNotFound(f"model {model.name!r} version {model.version} has no compose signature")
+        calls = [
+            {"image": image, "fill": fill, "segments": segments, "masks": masks[i : i + self._batch_size]}
+            for i in range(0, len(masks), self._batch_size)
+        ]
+        return await self._gather(entry.compose, calls, timeout, len(model.class_names))
+
+    def _entry(self, model: ModelInfo) -> _Loaded:
         entry = self._models.get((model.name, model.version))
         if entry is None:
             raise ModelNotFound(f"version {model.version} of model {model.name!r} is not loaded")
-        _, serve = entry.serve
+        return entry
+
+    async def _gather(
+        self, fn: Any, calls: list[dict[str, Any]], timeout: float | None, num_classes: int
+    ) -> npt.NDArray[np.float32]:
         loop = asyncio.get_running_loop()
-        chunks = [images[i : i + self._batch_size] for i in range(0, len(images), self._batch_size)]
-        futures = [loop.run_in_executor(self._pool, _run, serve, chunk) for chunk in chunks]
+        futures = [loop.run_in_executor(self._pool, _run, fn, call) for call in calls]
         try:
             results = await asyncio.wait_for(asyncio.gather(*futures), timeout)
         except TimeoutError as exc:
             raise DeadlineExceeded("the model did not answer within the deadline") from exc
-        return (
-            np.concatenate(results, axis=0) if results else np.zeros((0, len(model.class_names)), np.float32)
-        )
+        return np.concatenate(results, axis=0) if results else np.zeros((0, num_classes), np.float32)
 
 
-def _run(serve: Any, batch: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
+def _run(fn: Any, inputs: dict[str, Any]) -> npt.NDArray[np.float32]:
     import tensorflow as tf  # noqa: PLC0415
 
-    out = serve(**{contract.SERVING_INPUT: tf.constant(batch)})[contract.OUTPUT]
+    out = fn(**{k: tf.constant(v) for k, v in inputs.items()})[contract.OUTPUT]
     return np.asarray(out.numpy(), dtype=np.float32)
