@@ -65,7 +65,8 @@ def main() -> int:
     args = parser.parse_args()
     out: Path = args.out.resolve()
     models = out / "models"
-    shutil.rmtree(models, ignore_errors=True)  # the demo owns this folder: a fresh version 1 each run
+    for owned in (models, out / "training", out / "explanations"):  # the demo's own: fresh each run
+        shutil.rmtree(owned, ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
     bin_dir = Path(sys.executable).parent
     allxai = str(bin_dir / "allxai")

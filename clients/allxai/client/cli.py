@@ -65,6 +65,7 @@ def _explain(args: argparse.Namespace) -> int:
                 pictures=args.pictures.split(","),
                 target_label=args.label,
                 progress=None if args.quiet else _progress,
+                adaptive=args.adaptive,
             )
         except (AllxaiClientError, OSError, ValueError) as exc:
             print(f"{args.image}: error: {exc}", file=sys.stderr)
@@ -74,10 +75,13 @@ def _explain(args: argparse.Namespace) -> int:
         path = out / f"{stem}_{kind}.png"
         path.write_bytes(png)
         print(f"wrote {path}", file=sys.stderr)
-    c = result.classification
+    c, q = result.classification, result.quality
     print(
-        f"{info.display_name(c.label)} {c.confidence:.1%} (explained {result.label}, seed {result.seed}, "
-        f"top superpixels {result.top_segments}, surrogate R2 {result.score:.2f})"
+        f"{info.display_name(c.label)} {c.confidence:.1%} (explained {result.label} with "
+        f"{result.num_samples} samples, seed {result.seed}; top superpixels {result.top_segments}; "
+        f"surrogate R2 {q['r2']:.2f}, "
+        f"stability {q['stability']:.2f}; positive weight on the cell {q['cell_share']:.0%}, background "
+        f"{q['background_share']:.0%}, corners {q['corner_share']:.0%})"
     )
     return 0
 
@@ -137,6 +141,9 @@ def _parser() -> argparse.ArgumentParser:
         "--pictures",
         default="overlay,mask,heatmap,figure",
         help=f"comma-separated, of {', '.join(PICTURE_KINDS)}",
+    )
+    p.add_argument(
+        "--adaptive", action="store_true", help="stop sampling once the top superpixels are stable"
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=_explain)

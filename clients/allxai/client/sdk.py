@@ -80,6 +80,8 @@ class ExplainResult:
     num_samples: int
     score: float
     pictures: dict[str, bytes] = field(default_factory=dict)
+    quality: dict[str, float] = field(default_factory=dict)
+    stopped_early: bool = False
 
 
 @dataclass(frozen=True)
@@ -201,6 +203,7 @@ class Client:
         pictures: Iterable[str] = ("overlay",),
         target_label: str = "",
         progress: Callable[[int, int], None] | None = None,
+        adaptive: bool = False,
     ) -> ExplainResult:
         """Explain one image; ``progress(done, total)`` is called as samples are predicted."""
         kinds = []
@@ -214,6 +217,7 @@ class Client:
             positive_only=positive_only,
             pictures=kinds,
             target_label=target_label,
+            adaptive=adaptive,
         )
         if seed is not None:
             options.seed = seed
@@ -243,6 +247,16 @@ class Client:
             num_samples=e.num_samples,
             score=e.score,
             pictures={names[p.kind]: p.png for p in e.pictures},
+            quality={
+                "r2": e.quality.r2,
+                "local_prediction": e.quality.local_prediction,
+                "model_prediction": e.quality.model_prediction,
+                "stability": e.quality.stability,
+                "cell_share": e.quality.cell_share,
+                "background_share": e.quality.background_share,
+                "corner_share": e.quality.corner_share,
+            },
+            stopped_early=e.stopped_early,
         )
 
     def model_info(self) -> ModelDescription:
