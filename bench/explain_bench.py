@@ -108,24 +108,31 @@ def request_bytes(inputs: dict[str, np.ndarray], name: str, signature: str) -> i
     return int(request.ByteSize())
 
 
-def wire_bytes(image: np.ndarray, samples: int, batch: int, n_segments: int, name: str) -> dict[str, int]:
+def wire_bytes(
+    image: np.ndarray, samples: int, batch: int, compose_batch: int, n_segments: int, name: str
+) -> dict[str, int]:
+    """Bytes of the PredictRequests one explanation sends: whole images in batches, or the masks
+    in requests of ``compose_batch`` with the image, fill and segments once per request."""
     h, w, _ = image.shape
-    first = request_bytes({"images": image[None]}, name, "serving_default")
-    gateway = first
-    model = first
-    for start in range(0, samples, batch):
-        b = min(batch, samples - start)
-        gateway += request_bytes({"images": np.zeros((b, h, w, 3), np.uint8)}, name, "serving_default")
-        model += request_bytes(
+    gateway = sum(
+        request_bytes(
+            {"images": np.zeros((min(batch, samples - i), h, w, 3), np.uint8)}, name, "serving_default"
+        )
+        for i in range(0, samples, batch)
+    )
+    model = sum(
+        request_bytes(
             {
                 "image": image,
                 "fill": image,
                 "segments": np.zeros((h, w), np.int32),
-                "masks": np.zeros((b, n_segments), np.uint8),
+                "masks": np.zeros((min(compose_batch, samples - i), n_segments), np.uint8),
             },
             name,
             "compose",
         )
+        for i in range(0, samples, compose_batch)
+    )
     return {"gateway_composes": gateway, "model_composes": model}
 
 
@@ -207,7 +214,7 @@ def bench_model(arch: str, size: int, repeats: int) -> dict[str, Any]:
                     segments = reply.explanation.num_segments
         finally:
             gateway.close()
-    wire = wire_bytes(image, 1000, batch, segments, arch)
+    wire = wire_bytes(image, 1000, batch, 1000, segments, arch)
     out: dict[str, Any] = {
         "model": arch,
         "input": size,

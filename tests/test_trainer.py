@@ -75,16 +75,28 @@ def test_export_follows_the_contract(model_base: Path, cell_png: bytes) -> None:
     # back the image, rows of zeros the fill.
     segments = (np.arange(INPUT_SIZE * INPUT_SIZE).reshape(INPUT_SIZE, INPUT_SIZE) % 3).astype(np.int32)
     fill = np.full_like(image, 17)
-    masks = np.array([[1, 1, 1], [0, 0, 0], [1, 0, 1]], np.uint8)
+    # 130 masks: two full chunks of the signature's 64 and a remainder.
+    masks = np.random.default_rng(0).integers(0, 2, (130, 3)).astype(np.uint8)
+    masks[:3] = [[1, 1, 1], [0, 0, 0], [1, 0, 1]]
     composed = loaded.signatures[contract.COMPOSE_SIGNATURE](
         image=tf.constant(image),
         fill=tf.constant(fill),
         segments=tf.constant(segments),
         masks=tf.constant(masks),
     )[contract.OUTPUT].numpy()
-    mixed = np.where(np.isin(segments, [0, 2])[..., None], image, fill)
-    expected = serve(images=tf.constant(np.stack([image, fill, mixed])))[contract.OUTPUT].numpy()
+    from allxai.explainer.perturb import compose
+
+    expected = serve(images=tf.constant(compose(image, fill, segments, masks)))[contract.OUTPUT].numpy()
     np.testing.assert_allclose(composed, expected, atol=1e-5)
+    mixed = np.where(np.isin(segments, [0, 2])[..., None], image, fill)
+    assert np.array_equal(compose(image, fill, segments, masks[2:3])[0], mixed)
+    for n in (64, 1):
+        assert loaded.signatures[contract.COMPOSE_SIGNATURE](
+            image=tf.constant(image),
+            fill=tf.constant(fill),
+            segments=tf.constant(segments),
+            masks=tf.constant(masks[:n]),
+        )[contract.OUTPUT].shape == (n, 4)
 
 
 def test_export_refuses_an_existing_version(model_base: Path) -> None:

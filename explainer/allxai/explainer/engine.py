@@ -52,6 +52,7 @@ class Settings:
 
     num_samples: int = 1000
     top_k: int = 5
+    compose_batch_size: int = 1000
     num_features: int = 100000
     positive_only: bool = True
     seed: int = 0
@@ -77,12 +78,7 @@ async def explain(
     """Explain ``label`` (default: the predicted class) for one uint8 image ``[H, W, 3]``."""
     if settings.num_samples < 1:
         raise ValueError("num_samples must be at least 1")
-    segments, first = await asyncio.gather(
-        asyncio.to_thread(segment, image, settings.segmentation, settings.seed),
-        predictor.predict(image[None]),
-    )
-    probabilities = first[0]
-    target = int(np.argmax(probabilities)) if label is None else label
+    segments = await asyncio.to_thread(segment, image, settings.segmentation, settings.seed)
     fill = (
         perturb.mean_fill(image, segments)
         if settings.hide_color is None
@@ -98,9 +94,12 @@ async def explain(
         raise ValueError("the model has no composition signature; use composition 'gateway' or 'auto'")
     batches = _Batches(image, fill, segments, predictor, settings, use_model, progress)
 
+    # lime's first mask row is all ones: its prediction is the unperturbed image's, so the image
+    # is classified with the samples rather than by a call of its own.
     masks_parts: list[npt.NDArray[np.int64]] = []
     probs_parts: list[Probs] = []
     stopped_early = False
+    target = label
     if settings.adaptive:
         previous: list[int] | None = None
         steady = 0
@@ -109,6 +108,7 @@ async def explain(
             masks = sampler.draw(min(settings.round_size, settings.num_samples - done))
             masks_parts.append(masks)
             probs_parts.append(await batches.run(masks))
+            target = int(np.argmax(probs_parts[0][0])) if target is None else target
             if done + len(masks) < settings.min_samples:
                 continue
             fit = await asyncio.to_thread(_fit, masks_parts, probs_parts, target, random_state, settings)
@@ -122,6 +122,8 @@ async def explain(
         masks = sampler.draw(settings.num_samples)
         masks_parts.append(masks)
         probs_parts.append(await batches.run(masks))
+    probabilities = probs_parts[0][0]
+    target = int(np.argmax(probabilities)) if target is None else target
 
     all_masks = np.concatenate(masks_parts)
     all_probs = np.concatenate(probs_parts)
@@ -184,7 +186,8 @@ class _Batches:
         return out
 
     async def run(self, masks: npt.NDArray[np.int64]) -> Probs:
-        size = self._settings.batch_size
+        # With the model composing, few large requests: the image, fill and segments travel once each.
+        size = self._settings.compose_batch_size if self._use_model else self._settings.batch_size
         parts = await asyncio.gather(*(self._one(masks[i : i + size]) for i in range(0, len(masks), size)))
         return np.concatenate(parts).astype(np.float32, copy=False)
 

@@ -244,6 +244,7 @@ class Diagnosis:
             seed=seed,
             batch_size=batch,
             max_in_flight=self._settings.explain_max_in_flight,
+            compose_batch_size=self._settings.explain_compose_batch_size,
             segmentation=segmentation,
             hide_color=options.hide_color,
             composition=options.composition,  # type: ignore[arg-type]

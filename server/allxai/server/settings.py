@@ -37,6 +37,9 @@ class Settings(BaseSettings):
     explain_max_in_flight: int = Field(
         4, gt=0, description="Prediction batches of one explanation in flight."
     )
+    explain_compose_batch_size: int = Field(
+        1000, gt=0, description="Masks per request when the model composes the perturbed images."
+    )
     max_concurrent_explanations: int = Field(
         2, gt=0, description="Explanations running at once; more get RESOURCE_EXHAUSTED."
     )

@@ -14,6 +14,9 @@ import tensorflow as tf
 
 from allxai.trainer import contract
 
+#: Perturbed images the compose signature builds and predicts at a time.
+COMPOSE_CHUNK = 64
+
 
 class ExportError(RuntimeError):
     """The export could not be written, or does not behave like the model it came from."""
@@ -26,6 +29,7 @@ class ServingModule(tf.Module):  # type: ignore[misc]
         super().__init__(name="allxai_serving")
         self.model = model
         height, width = input_size
+        num_classes = int(model.output_shape[-1])
 
         @tf.function(input_signature=[tf.TensorSpec([None, height, width, 3], tf.uint8, name="images")])
         def serve(images: tf.Tensor) -> dict[str, tf.Tensor]:
@@ -42,11 +46,30 @@ class ServingModule(tf.Module):  # type: ignore[misc]
         def compose(
             image: tf.Tensor, fill: tf.Tensor, segments: tf.Tensor, masks: tf.Tensor
         ) -> dict[str, tf.Tensor]:
-            # One gather over the segment map builds every perturbed image at once: pixel (y, x)
-            # of sample n keeps the image where masks[n, segments[y, x]] is 1, else the fill.
-            keep = tf.gather(masks, segments, axis=1) > 0
-            batch = tf.where(keep[..., None], image[None], fill[None])
-            return {contract.OUTPUT: self.model(tf.cast(batch, tf.float32), training=False)}
+            # One gather over the segment map builds a chunk of perturbed images at once: pixel (y, x)
+            # of sample n keeps the image where masks[n, segments[y, x]] is 1, else the fill. Chunks
+            # keep memory flat, so one request can carry all of an explanation's masks while the
+            # image, fill and segments cross the wire once.
+            def run(chunk: tf.Tensor) -> tf.Tensor:
+                keep = tf.gather(chunk, segments, axis=1) > 0
+                batch = tf.where(keep[..., None], image[None], fill[None])
+                return tf.cast(self.model(tf.cast(batch, tf.float32), training=False), tf.float32)
+
+            n = tf.shape(masks)[0]
+            whole = n // COMPOSE_CHUNK * COMPOSE_CHUNK
+            head = tf.reshape(masks[:whole], [-1, COMPOSE_CHUNK, tf.shape(masks)[1]])
+            head_probs = tf.map_fn(
+                run,
+                head,
+                fn_output_signature=tf.TensorSpec([COMPOSE_CHUNK, num_classes], tf.float32),
+                parallel_iterations=1,
+            )
+            # A convolution refuses an empty batch, so the remainder runs only when there is one.
+            tail_probs = tf.cond(
+                whole < n, lambda: run(masks[whole:]), lambda: tf.zeros([0, num_classes], tf.float32)
+            )
+            probs = tf.concat([tf.reshape(head_probs, [-1, num_classes]), tail_probs], axis=0)
+            return {contract.OUTPUT: probs}
 
         @tf.function(input_signature=[])
         def card() -> dict[str, tf.Tensor]:
