@@ -38,6 +38,10 @@ lint: $(STAMP) $(BUF)
 typecheck: $(STAMP)
 	$(BIN)/mypy -p allxai.client -p allxai.server -p allxai.trainer -p allxai.explainer
 
+## bench: Explain against lime and the model floor (ALL-Net 224, InceptionV3 299); ~8 min on 2 cores
+bench: $(STAMP)
+	$(BIN)/python bench/explain_bench.py
+
 ## proto: regenerate the committed Python code from proto/ (grpcio-tools + mypy-protobuf)
 proto: $(STAMP)
 	$(BIN)/python -m grpc_tools.protoc -Iproto \

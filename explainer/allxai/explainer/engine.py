@@ -6,9 +6,11 @@ by one gather here, or next to the model by its ``compose`` signature, which mov
 instead of the pixels), and fit the surrogate with lime's own ``LimeBase``. With the same
 segmentation, seed and predict function the weights equal ``explain_instance``'s.
 
-Adaptive sampling draws in rounds and stops once the top-k superpixels have not changed for
-``patience`` rounds (after ``min_samples``, before ``num_samples``); the stream of masks is
-lime's either way, so stopping early is a prefix of the full explanation.
+Adaptive sampling draws in rounds of ``round_size`` and stops, after ``min_samples`` and at the
+latest at ``num_samples``, once the top-k superpixels have not changed for ``patience`` rounds
+and the gap between the k-th and the (k+1)-th weight exceeds ``z`` standard errors of the
+weighted linear fit (so a near-tie keeps sampling). The stream of masks is lime's either way, so
+an early stop is a prefix of the full explanation.
 """
 
 from __future__ import annotations
@@ -64,7 +66,8 @@ class Settings:
     adaptive: bool = False
     min_samples: int = 150
     round_size: int = 50
-    patience: int = 2
+    patience: int = 1
+    z: float = 2.0
     stability_refits: int = 5
 
 
@@ -115,7 +118,14 @@ async def explain(
             current = sorted(top_segments(fit.weights, settings.top_k, settings.positive_only))
             steady = steady + 1 if current == previous else 0
             previous = current
-            if steady >= settings.patience:
+            separated = await asyncio.to_thread(
+                surrogate.top_k_separated,
+                np.concatenate(masks_parts),
+                np.concatenate(probs_parts)[:, target],
+                settings.top_k,
+                settings.z,
+            )
+            if steady >= settings.patience and separated:
                 stopped_early = done + len(masks) < settings.num_samples
                 break
     else:

@@ -45,3 +45,26 @@ def fit(
     return SurrogateFit(
         float(intercept), [(int(s), float(w)) for s, w in exp], float(score), float(np.ravel(local_pred)[0])
     )
+
+
+def top_k_separated(masks: npt.NDArray[np.int64], target: npt.NDArray[np.float32], k: int, z: float) -> bool:
+    """Whether the k-th and (k+1)-th strongest weights of lime's weighted ridge regression differ
+    by more than ``z`` standard errors (closed form: sigma^2 (X'WX + I)^-1 on centred data)."""
+    x = masks.astype(np.float64)
+    if x.shape[1] <= k:
+        return True
+    distances = sklearn.metrics.pairwise_distances(x, x[:1], metric="cosine").ravel()
+    w = _kernel(distances)
+    y = target.astype(np.float64)
+    mean_x, mean_y = w @ x / w.sum(), w @ y / w.sum()
+    xc, yc = x - mean_x, y - mean_y
+    gram = xc.T @ (xc * w[:, None]) + np.eye(x.shape[1])  # Ridge(alpha=1), as LimeBase fits it
+    inverse = np.linalg.inv(gram)
+    beta = inverse @ (xc.T @ (w * yc))
+    residual = yc - xc @ beta
+    dof = max(1.0, w.sum() - x.shape[1] - 1)
+    cov = (w @ residual**2) / dof * inverse
+    order = np.argsort(-beta)
+    i, j = order[k - 1], order[k]
+    se = np.sqrt(max(cov[i, i] + cov[j, j] - 2 * cov[i, j], 1e-18))
+    return bool(beta[i] - beta[j] > z * se)
