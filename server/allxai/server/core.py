@@ -189,13 +189,15 @@ class Diagnosis:
             started = time.perf_counter()
             model = await self._backend.resolve(spec)
             image = await self._prepare(data, model, "image.data")
+            if options.composition == "model" and not model.has_composition:
+                raise InvalidInput(
+                    "options.composition",
+                    f"model {model.name!r} has no compose signature; use gateway or auto",
+                )
             target = self._target(model, options.target_label) if options.target_label else None
             predictor = _BackendPredictor(self._backend, model, timeout)
             t_prep = time.perf_counter()
-            try:
-                result = await explain(image, predictor, settings, label=target, progress=progress)
-            except ValueError as exc:
-                raise InvalidInput("options", str(exc)) from exc
+            result = await explain(image, predictor, settings, label=target, progress=progress)
             done = time.perf_counter()
             classification = _classification(model, result.probabilities)
             timings = Timings(
