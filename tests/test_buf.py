@@ -28,26 +28,27 @@ def test_buf_lint() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def buf_curl(target: str, data: str) -> subprocess.CompletedProcess[str]:
+    """The command the README documents: Classify through server reflection."""
+    command = [
+        buf(),
+        "curl",
+        "--protocol",
+        "grpc",
+        "--http2-prior-knowledge",
+        "--data",
+        data,
+        f"http://{target}/allxai.v1.DiagnosisService/Classify",
+    ]
+    return subprocess.run(command, capture_output=True, text=True, timeout=120)
+
+
 def test_buf_curl_classifies_through_reflection(
     gateway: RunningGateway, cell_png: bytes, tmp_path: Path
 ) -> None:
     request = tmp_path / "req.json"
     request.write_text(json.dumps({"image": {"data": base64.b64encode(cell_png).decode(), "imageId": "c1"}}))
-    result = subprocess.run(
-        [
-            buf(),
-            "curl",
-            "--protocol",
-            "grpc",
-            "--http2-prior-knowledge",
-            "--data",
-            f"@{request}",
-            f"http://{gateway.target}/allxai.v1.DiagnosisService/Classify",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = buf_curl(gateway.target, f"@{request}")
     assert result.returncode == 0, result.stderr
     reply = json.loads(result.stdout)
     assert reply["imageId"] == "c1"
@@ -55,21 +56,7 @@ def test_buf_curl_classifies_through_reflection(
 
 
 def test_buf_curl_sees_invalid_argument(gateway: RunningGateway) -> None:
-    result = subprocess.run(
-        [
-            buf(),
-            "curl",
-            "--protocol",
-            "grpc",
-            "--http2-prior-knowledge",
-            "--data",
-            "{}",
-            f"http://{gateway.target}/allxai.v1.DiagnosisService/Classify",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    result = buf_curl(gateway.target, "{}")
     assert result.returncode != 0
     error = json.loads(result.stderr or result.stdout)
     assert error["code"] == "invalid_argument"

@@ -1,7 +1,8 @@
-"""The explainer as a plain module: LIME over a predict function whose answer we know."""
+"""The explainer as a plain module: LIME over a predict function whose answer we know, and its pictures."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 
 import numpy as np
@@ -9,7 +10,14 @@ import numpy.typing as npt
 from PIL import Image
 
 from allxai.explainer import render
-from allxai.explainer.lime_plain import ExplainParams, explain
+from allxai.explainer.engine import Settings
+from allxai.explainer.engine import explain as engine_explain
+from allxai.explainer.result import ExplanationResult
+from tests.test_engine import FnPredictor
+
+
+def explain(image: npt.NDArray[np.uint8], fn, label: int, settings: Settings) -> ExplanationResult:  # type: ignore[no-untyped-def]
+    return asyncio.run(engine_explain(image, FnPredictor(fn, False), settings, label=label))
 
 
 def image_with_a_red_square() -> npt.NDArray[np.uint8]:
@@ -34,7 +42,7 @@ def redness(batch: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
 
 def test_lime_points_at_what_the_model_looks_at() -> None:
     image = image_with_a_red_square()
-    result = explain(image, redness, label_index=1, params=ExplainParams(num_samples=300, top_k=3, seed=2))
+    result = explain(image, redness, 1, Settings(num_samples=300, top_k=3, seed=2))
     assert result.seed == 2 and result.num_samples == 300
     top = result.top_segments[0]
     inside = (result.segments == top)[16:32, 16:32].mean()
@@ -45,14 +53,14 @@ def test_lime_points_at_what_the_model_looks_at() -> None:
 
 def test_same_seed_same_weights() -> None:
     image = image_with_a_red_square()
-    a = explain(image, redness, 1, ExplainParams(num_samples=100, seed=9))
-    b = explain(image, redness, 1, ExplainParams(num_samples=100, seed=9))
+    a = explain(image, redness, 1, Settings(num_samples=100, seed=9))
+    b = explain(image, redness, 1, Settings(num_samples=100, seed=9))
     assert a.weights == b.weights
 
 
 def test_pictures() -> None:
     image = image_with_a_red_square()
-    result = explain(image, redness, 1, ExplainParams(num_samples=100, seed=1))
+    result = explain(image, redness, 1, Settings(num_samples=100, seed=1))
     for picture in (render.overlay(image, result), render.mask_image(image, result), render.heatmap(result)):
         assert picture.shape == image.shape and picture.dtype == np.uint8
     heat = render.heatmap(result)
