@@ -13,6 +13,10 @@ What is compared, over the same untrained ALL-Net SavedModel at 224x224 and the 
   (interceptors, metrics on a free port, health, reflection, INFO log lines to a file) and the audit trail
   off, called over loopback by a ``grpc.aio`` client in this process;
 - **gateway+audit**: the same with ``ALLXAI_AUDIT_PATH`` set and ``fsync`` always (the production setting);
+- **grpc floor**: ``bench/grpc_floor.py``, a grpc.aio server in its own process whose Classify returns an
+  empty answer at once, called the same way: what any Python gRPC hop costs before doing any work. From it
+  the run prints the best ratio a gateway that did nothing could reach at concurrency 1 (direct's median
+  over direct's plus the floor's);
 - with ``--tfserving`` (on by default; ``--no-tfserving`` to skip): the TensorFlow Serving path, with
   ``tests/tfserving_fake.py`` (TensorFlow Serving's real gRPC protocol over the real SavedModel) as the
   model server: **tfs direct** is decode + one ``PredictRequest`` from this process with the
@@ -125,6 +129,33 @@ def classify_call(channel: grpc.aio.Channel, png: bytes) -> Call:
     return call
 
 
+def nothing_call(channel: grpc.aio.Channel, png: bytes) -> Call:
+    """Classify against the gRPC floor server: the request travels, nothing is done with it."""
+    stub = pb_grpc.DiagnosisServiceStub(channel)
+    request = pb.ClassifyRequest(image=pb.Image(data=png))
+
+    async def call() -> None:
+        await stub.Classify(request, timeout=30)
+
+    return call
+
+
+def floor_bound(group: list[Mode], levels: list[int]) -> dict[str, float] | None:
+    """At concurrency 1 a call is serial: a gateway that did nothing at all would still add the floor's
+    median, so direct / (direct + floor) bounds the throughput ratio any Python gRPC gateway can reach."""
+    if 1 not in levels:
+        return None
+    by_name = {m.name: m.summary(1) for m in group}
+    direct, floor = by_name["direct"]["median_ms"], by_name["grpc floor"]["median_ms"]
+    bound = direct / (direct + floor)
+    print(
+        f"\ngRPC floor at concurrency 1: an empty Classify costs {floor:.2f} ms (median), against direct's "
+        f"{direct:.2f} ms; a gateway that did nothing could reach a throughput ratio of at most "
+        f"{bound:.3f} (target {THROUGHPUT_TARGET:.2f})"
+    )
+    return {"floor_median_ms": floor, "direct_median_ms": direct, "best_ratio_at_concurrency_1": bound}
+
+
 def direct_tfserving(channel: grpc.aio.Channel, png: bytes) -> Call:
     """Decode + one PredictRequest to the model server, made the way the gateway's backend makes it."""
     import tensorflow as tf  # noqa: PLC0415
@@ -153,13 +184,14 @@ async def run(args: argparse.Namespace, base: Path, png: bytes, work: Path) -> d
     children = [
         start_gateway("gateway", base, work, {}),
         start_gateway("gateway-audit", base, work, {"ALLXAI_AUDIT_PATH": str(audit_path)} | AUDIT_ALWAYS),
+        Child("grpc-floor", [sys.executable, str(ROOT / "bench" / "grpc_floor.py")], dict(os.environ), work),
     ]
     results: dict[str, Any] = {}
     try:
         # The direct backend loads while the gateways start (in parallel: start-up is not measured).
         direct, backend = await direct_embedded(base, png)
         targets = [c.address(LISTENING) for c in children]
-        for target in targets:
+        for target in targets[:2]:  # the floor server has no health service: bound is ready
             await wait_serving(target)
         channels = [grpc.aio.insecure_channel(t, options=GRPC_OPTIONS) for t in targets]
         client = {"client": os.getpid()}
@@ -172,6 +204,7 @@ async def run(args: argparse.Namespace, base: Path, png: bytes, work: Path) -> d
                 "direct",
                 client | {"gateway": children[1].pid},
             ),
+            Mode("grpc floor", nothing_call(channels[2], png), "", client | {"floor": children[2].pid}),
         ]
         print(f"\n== embedded backend: {', '.join(m.name for m in group)}", flush=True)
         await measure(group, levels, args.rounds, args.warmup, args.seconds)
@@ -183,6 +216,7 @@ async def run(args: argparse.Namespace, base: Path, png: bytes, work: Path) -> d
         children = []
         print()
         results["embedded"] = report(group, levels)
+        results["floor"] = floor_bound(group, levels)
         results["audit_records"] = sum(1 for _ in audit_path.open()) if audit_path.exists() else 0
 
         if args.tfserving:
