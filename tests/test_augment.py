@@ -8,14 +8,8 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from allxai.trainer.augment import (
-    Paper1Params,
-    Paper2Params,
-    balance_minority_classes,
-    paper1_augment,
-    paper1_map,
-    paper2_transform,
-)
+from allxai.trainer.augment import Paper1Params, paper1_augment, paper1_map
+from allxai.trainer.balance import Paper2Params, balance_minority_classes, paper2_transform
 
 #: Paper 1 with every step but the flips and the transpose switched off.
 GEOMETRY_ONLY = Paper1Params(

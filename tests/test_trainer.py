@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 
 from allxai.trainer import contract
-from allxai.trainer.datasets import DatasetError, index_dataset, load_samples
+from allxai.trainer.datasets import DatasetError, index_dataset
+from allxai.trainer.loading import load_samples
 from allxai.trainer.preprocessing import prepare_image
 from allxai.trainer.train import balanced_class_weights
 from tests.conftest import INPUT_SIZE, png_bytes

@@ -10,7 +10,8 @@ import numpy as np
 import tensorflow as tf
 
 from allxai.trainer import contract
-from allxai.trainer.datasets import index_dataset, load_samples, summary
+from allxai.trainer.datasets import index_dataset
+from allxai.trainer.loading import load_samples, summary
 
 
 def evaluate_export(model_path: Path, data: Path, layout: str, reports: Path) -> dict[str, Any]:

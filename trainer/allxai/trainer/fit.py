@@ -100,7 +100,7 @@ def fit(
     keras.utils.set_random_seed(seed)
     x_train, y_train = train
     if config.augment == "paper2":
-        from allxai.trainer.augment import balance_minority_classes  # noqa: PLC0415
+        from allxai.trainer.balance import balance_minority_classes  # noqa: PLC0415
 
         balanced = balance_minority_classes(x_train, y_train, seed=seed)
         log.info("paper 2 balancing added %s images per class", balanced.added_per_class)

@@ -17,16 +17,9 @@ import numpy as np
 
 from allxai.trainer import preprocessing
 from allxai.trainer.config import TrainConfig
-from allxai.trainer.datasets import (
-    DatasetIndex,
-    Sample,
-    check_trainable,
-    index_dataset,
-    load_samples,
-    near_duplicates,
-    summary,
-)
+from allxai.trainer.datasets import DatasetIndex, Sample, check_trainable, index_dataset
 from allxai.trainer.fit import balanced_class_weights
+from allxai.trainer.loading import load_samples, near_duplicates, summary
 
 __all__ = ["DISPLAY_NAMES", "RunResult", "balanced_class_weights", "run", "source_commit"]
 
