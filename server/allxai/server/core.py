@@ -256,4 +256,4 @@ def _left(deadline: float | None) -> float | None:
 
 
 def _classification(model: ModelInfo, probs: npt.NDArray[np.float32]) -> Classification:
-    return Classification(model.class_names, tuple(float(p) for p in probs))
+    return Classification(model.class_names, tuple(probs.astype(float).tolist()))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import numpy as np
 import numpy.typing as npt
@@ -28,7 +29,7 @@ class Classification:
     class_names: tuple[str, ...]
     scores: tuple[float, ...]
 
-    @property
+    @cached_property  # read several times per answer (label, confidence, the reply, the audit record)
     def label_index(self) -> int:
         """Index of the most probable class."""
         return int(np.argmax(self.scores))
