@@ -93,6 +93,53 @@ def test_real_aria_duplicates_and_near_duplicates(shared_data: Path) -> None:
     assert len(index.duplicates) == 34, "the Pro class's byte-identical pairs"
     pro = sorted(s.path for s in index.samples if s.label == 3)[:40]
     assert near_duplicates(pro), "consecutive smear images are near-duplicates"
+    # Smears that cross a block boundary of 20 numbers: their groups are joined before any split.
+    assert set(index.groups_joined) == {
+        "Benign:11+Benign:12",
+        "Early:24+Early:25",
+        "Early:28+Early:29",
+        "Pro:10+Pro:11",
+    }
+    group = {s.path.name: s.group for s in index.samples}
+    assert group["WBC-Malignant-Early-499.jpg"] == group["WBC-Malignant-Early-501.jpg"]
+    assert group["WBC-Malignant-Pro-219.jpg"] == group["WBC-Malignant-Pro-220.jpg"]
+    assert len(index.near_duplicates) > 40
+
+
+def smooth(shift: int, size: int = 32) -> np.ndarray:
+    """A smooth picture whose difference hash survives a tiny change in one pixel."""
+    y, x = np.mgrid[0:size, 0:size]
+    image = np.stack([(x * 7 + y * 3) % 256, (x * x + y) % 256, (y * 5) % 256], axis=-1).astype(np.uint8)
+    image[0, 0, 0] = shift  # different bytes, so exact-duplicate removal keeps both
+    return image
+
+
+def test_near_duplicates_across_a_block_boundary_share_a_group(tmp_path: Path) -> None:
+    root = make_aria(tmp_path, per_class=24)
+    early = root / "Early"
+    # 19 and 20 sit in different blocks of 10 (1-9, 10-19, 20-29): the same cell, twice.
+    (early / "WBC-Early-019.jpg").write_bytes(png_bytes(smooth(1)))
+    (early / "WBC-Early-020.jpg").write_bytes(png_bytes(smooth(2)))
+    index = index_dataset(root, block_size=10)
+    group = {s.path.name: s.group for s in index.samples}
+    assert group["WBC-Early-019.jpg"] == group["WBC-Early-020.jpg"] == "Early:1+Early:2"
+    assert group["WBC-Early-011.jpg"] == "Early:1+Early:2", "the whole blocks join, transitively"
+    assert group["WBC-Early-021.jpg"] == "Early:1+Early:2"
+    assert index.groups_joined == {"Early:1+Early:2": ["Early:1", "Early:2"]}
+    assert [(a, b) for a, b, _ in index.near_duplicates] == [("WBC-Early-019.jpg", "WBC-Early-020.jpg")]
+    assert any("1 groups joined across block boundaries: Early:1+Early:2" in n for n in index.notes)
+    report = summary(index)
+    assert report["near_duplicates"] == 1 and report["groups_joined"] == index.groups_joined
+    # A split can no longer put one copy in training and the other in the test set.
+    labels = np.array([s.label for s in index.samples])
+    groups = [s.group for s in index.samples]
+    for seed in range(5):
+        _, test = group_holdout(labels, groups, 0.3, seed=seed)
+        names = {index.samples[i].path.name for i in test}
+        assert ("WBC-Early-019.jpg" in names) == ("WBC-Early-020.jpg" in names)
+    off = index_dataset(root, block_size=10, near_duplicate_distance=-1)
+    assert {s.path.name: s.group for s in off.samples}["WBC-Early-020.jpg"] == "Early:2"
+    assert not off.groups_joined
 
 
 def test_group_splits_never_share_a_group(tmp_path: Path) -> None:

@@ -25,6 +25,13 @@ class TrainConfig(BaseModel):
     layout: Literal["auto", "cnmc", "aria", "folder"] = "auto"
     task: Literal["native", "binary"] = "native"
     block_size: int = Field(20, gt=0, description="Aria: contiguous file numbers per group")
+    near_duplicate_distance: int = Field(
+        6,
+        ge=-1,
+        le=64,
+        description="Aria: join the groups of images whose difference hashes differ in at most this "
+        "many bits (-1: off)",
+    )
     max_per_class: int = Field(0, ge=0, description="use at most this many images per class (0: all)")
     input_size: int = Field(224, ge=32)
     # Model

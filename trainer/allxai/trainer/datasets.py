@@ -3,9 +3,11 @@
 Every sample carries a *group*, the unit a split must keep together: the patient id of a C-NMC
 file name, a block of contiguous file numbers for Aria (which has no patient ids, and whose
 consecutive numbers come from the same smear), or the file itself. Exact duplicates are
-removed by content hash before any split; near-duplicates are reported. Nothing is dropped
-silently: every file that cannot be used is in the report with the reason. Reading the pixels,
-near-duplicates and the dataset report are in :mod:`allxai.trainer.loading`.
+removed by content hash before any split. Aria near-duplicates (difference hash) join their groups
+before any split, so a smear that crosses a block boundary cannot straddle train and test
+(:mod:`allxai.trainer.neardup`). Nothing is dropped silently: every file that cannot be used is in
+the report with the reason. Reading the pixels and the dataset report are in
+:mod:`allxai.trainer.loading`.
 """
 
 from __future__ import annotations
@@ -17,6 +19,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
+
+from allxai.trainer.neardup import WINDOW, join_near_duplicate_groups
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
 ARIA_CLASSES = ("Benign", "Early", "Pre", "Pro")
@@ -53,6 +57,10 @@ class DatasetIndex:
     skipped: list[tuple[str, str]] = field(default_factory=list)
     duplicates: list[tuple[str, str]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    #: Near-duplicate pairs ``(name, name, hash distance)`` found within a class (Aria only).
+    near_duplicates: list[tuple[str, str, int]] = field(default_factory=list)
+    #: Groups merged because near-duplicates sat in both: new name -> the groups it replaced.
+    groups_joined: dict[str, list[str]] = field(default_factory=dict)
 
     def counts(self, samples: list[Sample] | None = None) -> dict[str, int]:
         """Images per class, in class order."""
@@ -83,9 +91,19 @@ def detect_layout(root: Path) -> str:
 
 
 def index_dataset(
-    root: Path, layout: Layout = "auto", task: Task = "native", block_size: int = 20
+    root: Path,
+    layout: Layout = "auto",
+    task: Task = "native",
+    block_size: int = 20,
+    near_duplicate_distance: int = 6,
 ) -> DatasetIndex:
-    """List a dataset's images with labels and groups, deduplicated by content; no pixels are decoded."""
+    """List a dataset's images with labels and groups, deduplicated by content.
+
+    For the Aria layout, images whose 64-bit difference hashes differ in at most
+    ``near_duplicate_distance`` bits (each compared with the next few in number order, within its
+    class) have their groups merged; a negative distance turns this off. That step decodes a
+    thumbnail of each image; nothing else here decodes pixels.
+    """
     if not root.exists():
         raise DatasetError(f"dataset folder {root} does not exist")
     if not root.is_dir():
@@ -95,7 +113,23 @@ def index_dataset(
     if task == "binary":
         index = _to_binary(index)
     _dedupe(index)
+    if chosen == "aria" and near_duplicate_distance >= 0:
+        _join_near_duplicates(index, near_duplicate_distance)
     return index
+
+
+def _join_near_duplicates(index: DatasetIndex, max_distance: int) -> None:
+    joined = join_near_duplicate_groups(index.samples, max_distance)
+    index.samples = joined.samples
+    index.near_duplicates = joined.pairs
+    index.groups_joined = joined.merged
+    note = (
+        f"near-duplicates (difference hash within {max_distance} bits, each image against the next "
+        f"{WINDOW} in number order within its class): {len(joined.pairs)} pairs"
+    )
+    if joined.merged:
+        note += f"; {len(joined.merged)} groups joined across block boundaries: {', '.join(joined.merged)}"
+    index.notes.append(note)
 
 
 def _index_folders(root: Path, layout: str, block_size: int) -> DatasetIndex:

@@ -1,4 +1,4 @@
-"""Reading the pixels of indexed samples, near-duplicate detection, and the dataset report.
+"""Reading the pixels of indexed samples, and the dataset report.
 
 The images go through the service's own preprocessing (``decode_image`` and ``resize_image``), so a
 model sees at training time exactly what the gateway gives it; what cannot be read is skipped with
@@ -18,33 +18,12 @@ import numpy.typing as npt
 from PIL import Image
 
 from allxai.trainer.datasets import DatasetIndex, Sample
+from allxai.trainer.neardup import near_duplicates
 from allxai.trainer.preprocessing import ImageError, decode_image, resize_image
 
+__all__ = ["LoadedImages", "load_samples", "near_duplicates", "summary"]
+
 log = logging.getLogger(__name__)
-
-
-def near_duplicates(paths: list[Path], max_distance: int = 2) -> list[tuple[str, str, int]]:
-    """Pairs of images whose 64-bit difference hashes differ in at most ``max_distance`` bits.
-
-    Compares each image with the next 5 in file order, where Aria's near-duplicates sit; cheap
-    enough for whole datasets. Reported, not removed: the grouped split already keeps them together.
-    """
-    hashes: list[int | None] = []
-    for path in paths:
-        try:
-            with Image.open(path) as image:
-                small = np.asarray(image.convert("L").resize((9, 8), Image.Resampling.BILINEAR), np.int16)
-            bits = (small[:, 1:] > small[:, :-1]).ravel()
-            hashes.append(int("".join("1" if b else "0" for b in bits), 2))
-        except OSError:
-            hashes.append(None)
-    pairs = []
-    for i, a in enumerate(hashes):
-        for j in range(i + 1, min(i + 6, len(hashes))):
-            b = hashes[j]
-            if a is not None and b is not None and (d := (a ^ b).bit_count()) <= max_distance:
-                pairs.append((paths[i].name, paths[j].name, d))
-    return pairs
 
 
 @dataclass
@@ -96,7 +75,8 @@ def load_samples(samples: list[Sample], input_size: tuple[int, int]) -> LoadedIm
 
 
 def summary(index: DatasetIndex, loaded: LoadedImages | None = None) -> dict[str, Any]:
-    """The dataset report: counts, duplicates, skipped files, notes, sizes and modes."""
+    """The dataset report: counts, duplicates, near-duplicates and the groups they joined, skipped
+    files, notes, sizes and modes."""
     out: dict[str, Any] = {
         "layout": index.layout,
         "classes": index.class_names,
@@ -107,6 +87,9 @@ def summary(index: DatasetIndex, loaded: LoadedImages | None = None) -> dict[str
         "duplicates": [list(d) for d in index.duplicates],
         "skipped": [list(s) for s in index.skipped + (loaded.skipped if loaded else [])],
         "notes": index.notes,
+        "near_duplicates": len(index.near_duplicates),
+        "near_duplicate_pairs": [list(p) for p in index.near_duplicates],
+        "groups_joined": index.groups_joined,
     }
     if loaded is not None:
         out["modes"] = dict(loaded.modes)

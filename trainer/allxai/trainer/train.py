@@ -19,7 +19,7 @@ from allxai.trainer import preprocessing
 from allxai.trainer.config import TrainConfig
 from allxai.trainer.datasets import DatasetIndex, Sample, check_trainable, index_dataset
 from allxai.trainer.fit import balanced_class_weights
-from allxai.trainer.loading import load_samples, near_duplicates, summary
+from allxai.trainer.loading import load_samples, summary
 
 __all__ = ["DISPLAY_NAMES", "RunResult", "balanced_class_weights", "run", "source_commit"]
 
@@ -36,6 +36,10 @@ DISPLAY_NAMES = {
     "ALL": "ALL blast",
     "normal": "Normal",
 }
+
+
+#: Dataset report entries that stay in report.json and out of the model card (they can be long).
+_LONG_LISTS = ("duplicates", "skipped", "near_duplicate_pairs")
 
 
 @dataclass
@@ -84,7 +88,9 @@ def run(config: TrainConfig) -> RunResult:
     from allxai.trainer.splits import group_holdout, group_kfold, split_sizes  # noqa: PLC0415
 
     started = time.monotonic()
-    index: DatasetIndex = index_dataset(config.data, config.layout, config.task, config.block_size)
+    index: DatasetIndex = index_dataset(
+        config.data, config.layout, config.task, config.block_size, config.near_duplicate_distance
+    )
     folds = max(config.folds, 1)
     check_trainable(index, min_per_class=max(folds, 2) * 2 if not index.test_samples else max(folds, 2))
     samples = _subsample(index.samples, config.max_per_class, config.seed)
@@ -114,7 +120,6 @@ def run(config: TrainConfig) -> RunResult:
         ]
 
     dataset = summary(index, loaded)
-    dataset["near_duplicates_reported"] = len(near_duplicates(loaded.paths)) if index.layout == "aria" else 0
     dataset["splits"] = split_sizes(loaded.groups, {"train+validation": rest, "test": test_idx})
     if index.test_samples:
         dataset["splits"]["test"] = {
@@ -212,7 +217,7 @@ def _card(
         "normal_class_names": [c for c in names if c in ("Benign", "hem", "normal")],
         "input_size": [config.input_size, config.input_size],
         "preprocessing": preprocessing.DESCRIPTION,
-        "data": {k: v for k, v in dataset.items() if k not in ("duplicates", "skipped")},
+        "data": {k: v for k, v in dataset.items() if k not in _LONG_LISTS},
         "metrics": {"cross_validation": folds, "test": test},
         "training": config.model_dump(mode="json"),
         "source_commit": source_commit(),
