@@ -46,6 +46,7 @@ def train_main(argv: Sequence[str]) -> int:
 
     from allxai.trainer.config import ConfigError, load_config  # noqa: PLC0415
     from allxai.trainer.datasets import DatasetError  # noqa: PLC0415
+    from allxai.trainer.export import ExportError  # noqa: PLC0415
     from allxai.trainer.train import run  # noqa: PLC0415
 
     values = {
@@ -72,7 +73,7 @@ def train_main(argv: Sequence[str]) -> int:
                 data = make_dataset(Path(tmp), args.synthetic, size=config.input_size, seed=config.seed)
                 config = config.model_copy(update={"data": data, "layout": "folder"})
             result = run(config)
-        except (ConfigError, DatasetError, FileNotFoundError, ValueError) as exc:
+        except (ConfigError, DatasetError, ExportError, FileNotFoundError, ValueError) as exc:
             parser.exit(2, f"allxai train: {exc}\n")
     val = result.summary.get("accuracy", {})
     print(

@@ -85,6 +85,21 @@ class ServingModule(tf.Module):  # type: ignore[misc]
         self.card = card
 
 
+def export_target(base: Path, name: str, version: int) -> Path:
+    """``base/name/version``, refused when it exists already or the version is not positive.
+
+    A run calls this before it trains, so a taken version is refused in seconds, not hours later.
+    """
+    if version < 1:
+        raise ExportError(f"version must be a positive integer, got {version}")
+    target = base / name / str(version)
+    if target.exists():
+        raise ExportError(
+            f"{target} exists already; choose a new version number (--version) or another --out"
+        )
+    return target
+
+
 def export_model(
     model: Any,
     base: Path,
@@ -100,11 +115,7 @@ def export_model(
     folders whose names are not numbers) and renamed into place only after the check passes,
     so a model server never sees a half-written version.
     """
-    if version < 1:
-        raise ExportError(f"version must be a positive integer, got {version}")
-    target = base / name / str(version)
-    if target.exists():
-        raise ExportError(f"{target} exists already; choose a new version number")
+    target = export_target(base, name, version)
     input_size = (int(card["input_size"][0]), int(card["input_size"][1]))
     card_json = json.dumps(card, sort_keys=True)
     module = ServingModule(model, input_size, card_json)

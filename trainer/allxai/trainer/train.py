@@ -88,6 +88,12 @@ def run(config: TrainConfig) -> RunResult:
     from allxai.trainer.splits import group_holdout, group_kfold, split_sizes  # noqa: PLC0415
 
     started = time.monotonic()
+    if config.export:
+        from allxai.trainer.export import export_target  # noqa: PLC0415
+
+        # Before anything is read or written (the reports, the model card): a taken version would
+        # otherwise fail only at the very end of training.
+        export_target(config.out, config.name, config.version)
     index: DatasetIndex = index_dataset(
         config.data, config.layout, config.task, config.block_size, config.near_duplicate_distance
     )
