@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from allxai.trainer.augment import Paper1Params, paper1_augment, paper1_map
+from allxai.trainer.augment import Paper1Params, paper1_augment, paper1_dataset
 from allxai.trainer.balance import Paper2Params, balance_minority_classes, paper2_transform
 
 #: Paper 1 with every step but the flips and the transpose switched off.
@@ -127,17 +127,57 @@ def test_paper1_saturation_jitter_keeps_grey_levels_and_changes_colour() -> None
     assert np.allclose(out[0, 0], [200.0, 150.0, 125.0], atol=0.5)
 
 
-def test_paper1_map_runs_in_a_dataset() -> None:
+def test_paper1_dataset_augments_images_and_passes_the_rest_through() -> None:
     images = np.random.default_rng(3).integers(0, 256, (6, 32, 32, 3), dtype=np.uint8)
     labels = np.array([0, 1, 0, 1, 1, 0], np.int64)
-    dataset = tf.data.Dataset.from_tensor_slices((images, labels)).map(paper1_map()).batch(3)
+    weights = np.linspace(0.5, 1.5, 6).astype(np.float32)
+    dataset = paper1_dataset(tf.data.Dataset.from_tensor_slices((images, labels, weights)), seed=1).batch(3)
     batches = list(dataset)
     out_images = np.concatenate([b[0].numpy() for b in batches])
-    out_labels = np.concatenate([b[1].numpy() for b in batches])
     assert out_images.shape == images.shape and out_images.dtype == np.float32
     assert out_images.min() >= 0.0 and out_images.max() <= 255.0
-    assert np.array_equal(out_labels, labels)
+    assert np.array_equal(np.concatenate([b[1].numpy() for b in batches]), labels)
+    assert np.array_equal(np.concatenate([b[2].numpy() for b in batches]), weights)
     assert not np.allclose(out_images, images.astype(np.float32))
+
+
+def _epochs(dataset: tf.data.Dataset, count: int = 2) -> list[np.ndarray[Any, Any]]:
+    """Every image of ``count`` passes over ``dataset`` (each pass is a new iteration, as an epoch)."""
+    return [np.concatenate([batch[0].numpy() for batch in dataset]) for _ in range(count)]
+
+
+def test_paper1_is_reproducible_under_a_fixed_seed_whatever_the_parallelism() -> None:
+    images = np.random.default_rng(4).integers(0, 256, (24, 32, 32, 3), dtype=np.uint8)
+    labels = np.zeros(24, np.int64)
+
+    def pipeline(seed: int, parallel: int) -> tf.data.Dataset:
+        source = tf.data.Dataset.from_tensor_slices((images, labels))
+        return paper1_dataset(source, seed, num_parallel_calls=parallel).batch(8)
+
+    serial = _epochs(pipeline(7, 1))
+    parallel = _epochs(pipeline(7, tf.data.AUTOTUNE))
+    for one, other in zip(serial, parallel, strict=True):
+        np.testing.assert_array_equal(one, other)
+    assert not np.array_equal(serial[0], serial[1]), "each epoch draws new augmentations"
+    assert not np.array_equal(serial[0], _epochs(pipeline(8, tf.data.AUTOTUNE), 1)[0]), "seeds matter"
+
+
+def test_the_training_pipeline_repeats_itself_under_a_fixed_seed() -> None:
+    """Shuffle, paper-1 augmentation and class weights together, as :func:`fit` builds them."""
+    from allxai.trainer.fit import _dataset
+
+    rng = np.random.default_rng(5)
+    images = rng.integers(0, 256, (20, 32, 32, 3), dtype=np.uint8)
+    onehot = np.eye(2, dtype=np.float32)[rng.integers(0, 2, 20)]
+    weights = rng.uniform(0.5, 2.0, 20).astype(np.float32)
+
+    def run(seed: int) -> list[np.ndarray[Any, Any]]:
+        return _epochs(_dataset(images, onehot, 8, seed, True, "paper1", weights))
+
+    first, again, other = run(3), run(3), run(4)
+    for one, two in zip(first, again, strict=True):
+        np.testing.assert_array_equal(one, two)
+    assert not np.array_equal(first[0], other[0])
 
 
 @pytest.mark.parametrize(

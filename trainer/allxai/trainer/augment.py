@@ -4,7 +4,8 @@ Abir et al., transfer learning for acute lymphoblastic leukaemia on C-NMC 2019, 
 training image: random up-down flip, random left-right flip, a transpose when a uniform draw exceeds
 0.75 (so with probability 0.25; square images only, since a transpose swaps height and width),
 brightness, contrast and saturation jitter, then a random crop resized back to the input size.
-:func:`paper1_augment` does this for one image and :func:`paper1_map` wraps it for ``Dataset.map``.
+:func:`paper1_augment` does this for one image and :func:`paper1_dataset` for every image of a
+``tf.data`` pipeline, with one stateless seed per element so a fixed seed reproduces the run.
 Images are float32 in [0, 255] (the models scale pixels themselves).
 
 Paper 2's offline balancing of the minority classes is in :mod:`allxai.trainer.balance`; balanced
@@ -13,7 +14,6 @@ class weights in :func:`allxai.trainer.train.balanced_class_weights`.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import tensorflow as tf
@@ -120,8 +120,9 @@ def paper1_augment(
     Args:
         image: float32 ``[H, W, 3]`` in [0, 255].
         seed: shape ``[2]`` integer seed for the stateless random ops; the same seed gives the same
-            output. ``None`` draws a fresh seed from TensorFlow's global (stateful) generator, which
-            honours ``tf.random.set_seed``, so both cases share one code path.
+            output. ``None`` draws a fresh seed from TensorFlow's global (stateful) generator, for
+            eager use; inside a parallel ``Dataset.map`` that draw is not reproducible, so
+            pipelines use :func:`paper1_dataset`, which hands each element its own seed.
         params: the recipe's knobs.
 
     Returns:
@@ -144,16 +145,29 @@ def paper1_augment(
     return tf.clip_by_value(image, 0.0, 255.0)
 
 
-def paper1_map(
+def paper1_dataset(
+    dataset: tf.data.Dataset,
+    seed: int,
     params: Paper1Params = Paper1Params(),
-) -> Callable[[tf.Tensor, tf.Tensor], tuple[tf.Tensor, tf.Tensor]]:
-    """A function for ``dataset.map``: ``(image, label) -> (augmented image, label)``.
+    num_parallel_calls: int = tf.data.AUTOTUNE,
+) -> tf.data.Dataset:
+    """Augment the image (the first component) of each element of ``dataset``, reproducibly.
 
-    The image may be uint8 or float32 in [0, 255]; the output is float32 in [0, 255]. Each call
-    draws a fresh seed (see :func:`paper1_augment`), so every epoch sees new augmentations.
+    Elements are ``(image, label)`` or ``(image, label, weight)``; the image may be uint8 or
+    float32 in [0, 255] and comes out float32 in [0, 255]; the other components pass through.
+
+    Each element gets its own stateless seed pair from ``tf.data.Dataset.random(seed)`` zipped
+    alongside, instead of drawing one inside the map: a stateful draw in a parallel map depends on
+    which thread runs first, so the same seed gave different images from run to run. Zipped
+    seeds follow the element's position, so the same ``seed`` gives the same augmented images
+    whatever ``num_parallel_calls`` is, while every epoch (every new iteration) draws new seeds.
     """
+    seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
 
-    def augment(image: tf.Tensor, label: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        return paper1_augment(tf.cast(image, tf.float32), None, params), label
+    def augment(element: tuple[tf.Tensor, ...], pair: tf.Tensor) -> tuple[tf.Tensor, ...]:
+        image, *rest = element
+        return (paper1_augment(tf.cast(image, tf.float32), pair, params), *rest)
 
-    return augment
+    return tf.data.Dataset.zip((dataset, seeds)).map(
+        augment, num_parallel_calls=num_parallel_calls, deterministic=True
+    )

@@ -52,16 +52,19 @@ def _dataset(
     seed: int,
     train: bool,
     augment: str,
+    sample_weights: npt.NDArray[np.float32] | None = None,
 ) -> Any:
-    ds = tf.data.Dataset.from_tensor_slices((images, onehot))
+    """Batches of float32 images with one-hot labels (and per-sample weights, when given)."""
+    parts = (images, onehot) if sample_weights is None else (images, onehot, sample_weights)
+    ds = tf.data.Dataset.from_tensor_slices(parts)
     if train:
         ds = ds.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
     if train and augment == "paper1":
-        from allxai.trainer.augment import paper1_map  # noqa: PLC0415
+        from allxai.trainer.augment import paper1_dataset  # noqa: PLC0415
 
-        ds = ds.map(paper1_map(), num_parallel_calls=tf.data.AUTOTUNE)
+        ds = paper1_dataset(ds, seed)
     else:
-        ds = ds.map(lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=tf.data.AUTOTUNE)
+        ds = ds.map(lambda x, *rest: (tf.cast(x, tf.float32), *rest), num_parallel_calls=tf.data.AUTOTUNE)
     return ds.batch(batch).prefetch(tf.data.AUTOTUNE)
 
 
@@ -115,10 +118,16 @@ def fit(
         if config.freeze_backbone:
             set_trainable(model, 0)
         _compile(model, config, config.learning_rate, num_classes)
-    train_ds = _dataset(x_train, eye[y_train], config.batch_size, seed, True, config.augment)
-    if weights is not None:
-        # Class weights as per-sample weights: tf.data then carries them with each batch.
-        train_ds = _weighted(x_train, y_train, eye, _sample_weights(y_train, weights), config, seed)
+    # Class weights as per-sample weights: tf.data then carries them with each batch.
+    train_ds = _dataset(
+        x_train,
+        eye[y_train],
+        config.batch_size,
+        seed,
+        True,
+        config.augment,
+        _sample_weights(y_train, weights),
+    )
     val_ds = _dataset(val[0], eye[val[1]], config.batch_size, seed, False, "none")
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
     best = checkpoint_dir / "best.weights.h5"
@@ -169,26 +178,6 @@ def fit(
     if best.exists():
         model.load_weights(str(best))
     return FitResult(model, merged, epochs, time.monotonic() - started)
-
-
-def _weighted(
-    images: npt.NDArray[np.uint8],
-    labels: npt.NDArray[np.int64],
-    eye: npt.NDArray[np.float32],
-    sample_weights: npt.NDArray[np.float32],
-    config: TrainConfig,
-    seed: int,
-) -> Any:
-    ds = tf.data.Dataset.from_tensor_slices((images, eye[labels], sample_weights))
-    ds = ds.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
-    if config.augment == "paper1":
-        from allxai.trainer.augment import paper1_map  # noqa: PLC0415
-
-        augment = paper1_map()
-        ds = ds.map(lambda x, y, w: (*augment(x, y), w), num_parallel_calls=tf.data.AUTOTUNE)
-    else:
-        ds = ds.map(lambda x, y, w: (tf.cast(x, tf.float32), y, w), num_parallel_calls=tf.data.AUTOTUNE)
-    return ds.batch(config.batch_size).prefetch(tf.data.AUTOTUNE)
 
 
 def predict(model: Any, images: npt.NDArray[np.uint8], batch_size: int = 64) -> npt.NDArray[np.float32]:
