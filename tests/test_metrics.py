@@ -70,6 +70,32 @@ def test_macro_and_weighted_f1_on_imbalanced_classes() -> None:
     assert m["weighted_f1"] > m["macro_f1"]  # the majority class carries the weighted mean
 
 
+def test_f1_averages_skip_a_class_neither_true_nor_predicted() -> None:
+    """A validation fold without class "Pre": perfect predictions score 1, not 2/3."""
+    y = np.array([0, 1, 0, 1])
+    m = evaluate(y, one_hot_ish([0, 1, 0, 1], 3, 0.9), NAMES3)
+    assert m["macro_f1"] == m["weighted_f1"] == m["macro_precision"] == m["macro_recall"] == 1.0
+    assert m["averaged_over"] == ["Benign", "Early"]
+    assert m["per_class"]["Pre"]["absent"] is True and m["per_class"]["Pre"]["support"] == 0
+    assert not m["per_class"]["Benign"]["absent"]
+    # scikit-learn's own average without ``labels`` agrees.
+    from sklearn.metrics import f1_score
+
+    predicted = [0, 0, 0, 1]
+    m = evaluate(y, one_hot_ish(predicted, 3, 0.9), NAMES3)
+    assert m["macro_f1"] == pytest.approx(f1_score(y, predicted, average="macro"))
+    assert m["weighted_f1"] == pytest.approx(f1_score(y, predicted, average="weighted"))
+
+
+def test_the_report_marks_an_absent_class() -> None:
+    from allxai.trainer.reports import _scores_section
+
+    m = evaluate(np.array([0, 1, 0, 1]), one_hot_ish([0, 1, 0, 1], 3, 0.9), NAMES3)
+    text = "\n".join(_scores_section(m, "Test"))
+    assert "| Pre (absent) | \u2014 | \u2014 | \u2014 | 0 |" in text
+    assert "left out of the averages" in text
+
+
 def test_auc_is_none_with_a_note_when_a_class_is_absent() -> None:
     y = np.array([0, 1, 0, 1])
     m = evaluate(y, one_hot_ish([0, 1, 2, 1], 3, 0.8), NAMES3)
@@ -77,7 +103,15 @@ def test_auc_is_none_with_a_note_when_a_class_is_absent() -> None:
     assert "Pre" in m["roc_auc_note"]
     # The absent class still has its row and column.
     assert m["confusion_matrix"] == [[1, 0, 1], [0, 2, 0], [0, 0, 0]]
-    assert m["per_class"]["Pre"] == {"precision": 0.0, "recall": 0.0, "f1": 0.0, "support": 0}
+    # Predicted once though never true: it is present, and its zeros count in the averages.
+    assert m["per_class"]["Pre"] == {
+        "precision": 0.0,
+        "recall": 0.0,
+        "f1": 0.0,
+        "support": 0,
+        "absent": False,
+    }
+    assert m["averaged_over"] == NAMES3
     binary = evaluate(np.array([1, 1]), np.array([[0.3, 0.7], [0.6, 0.4]]), ["hem", "all"])
     assert binary["roc_auc"] is None and "hem" in binary["roc_auc_note"]
 

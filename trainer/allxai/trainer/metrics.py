@@ -77,6 +77,9 @@ def evaluate(y_true: npt.ArrayLike, probs: npt.ArrayLike, class_names: Sequence[
 
     ``y_true`` holds integer labels ``[N]``; ``probs`` the predicted class probabilities
     ``[N, C]`` with ``C = len(class_names)``. The prediction is the most probable class.
+    Macro and weighted scores average over the classes present in ``y_true`` or the predictions
+    (listed in ``averaged_over``); ``per_class`` has a row for every class, and a class that is
+    neither true nor predicted has zeros there with ``absent`` true.
     ``roc_auc`` is the AUC of class 1's probability for two classes and the one-vs-rest macro
     AUC otherwise; it is None, with ``roc_auc_note`` saying why, when a class is absent from
     ``y_true``. ``confusion_matrix`` has rows for true classes and columns for predictions,
@@ -88,16 +91,21 @@ def evaluate(y_true: npt.ArrayLike, probs: npt.ArrayLike, class_names: Sequence[
         raise ValueError(f"probs has {scores.shape[1]} columns for {num_classes} class names")
     predicted = scores.argmax(axis=1)
     every = list(range(num_classes))
+    # Averages run over the classes that occur (true or predicted), as scikit-learn does without
+    # ``labels``: a class missing from a validation fold is not a model error, and counting it
+    # as F1 = 0 would make a perfect fold score 2/3 on three of four classes (and pick the
+    # wrong best fold). With no samples at all, every class is averaged (all zeros).
+    present = sorted(set(labels.tolist()) | set(predicted.tolist())) or every
 
-    def prf(average: str | None) -> tuple[Any, Any, Any, Any]:
+    def prf(average: str | None, which: list[int]) -> tuple[Any, Any, Any, Any]:
         # zero_division=0: a class never predicted (or never true) scores 0, without a warning.
         return precision_recall_fscore_support(  # type: ignore[no-any-return]
-            labels, predicted, labels=every, average=average, zero_division=0
+            labels, predicted, labels=which, average=average, zero_division=0
         )
 
-    precision, recall, f1, support = prf(None)
-    macro_p, macro_r, macro_f1, _ = prf("macro")
-    _, _, weighted_f1, _ = prf("weighted")
+    precision, recall, f1, support = prf(None, every)
+    macro_p, macro_r, macro_f1, _ = prf("macro", present)
+    _, _, weighted_f1, _ = prf("weighted", present)
     auc, note = _roc_auc(labels, scores, class_names)
     result: dict[str, Any] = {
         "n": int(labels.size),
@@ -114,9 +122,11 @@ def evaluate(y_true: npt.ArrayLike, probs: npt.ArrayLike, class_names: Sequence[
                 "recall": float(recall[i]),
                 "f1": float(f1[i]),
                 "support": int(support[i]),
+                "absent": i not in present,
             }
             for i, name in enumerate(class_names)
         },
+        "averaged_over": [class_names[i] for i in present],
         "confusion_matrix": confusion_matrix(labels, predicted, labels=every).astype(int).tolist(),
     }
     if note is not None:

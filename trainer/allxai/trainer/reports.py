@@ -149,9 +149,13 @@ def _scores_section(scores: Mapping[str, Any], heading: str) -> list[str]:
     if scores.get("roc_auc_note"):
         lines += [f"ROC-AUC: {scores['roc_auc_note']}.", ""]
     rows = [
-        [_cell(name), *(_number(c[k], True) for k in ("precision", "recall", "f1")), str(c["support"])]
+        [f"{_cell(name)} (absent)", DASH, DASH, DASH, str(c["support"])]
+        if c.get("absent")
+        else [_cell(name), *(_number(c[k], True) for k in ("precision", "recall", "f1")), str(c["support"])]
         for name, c in scores.get("per_class", {}).items()
     ]
+    if any(c.get("absent") for c in scores.get("per_class", {}).values()):
+        lines += ["Absent classes (neither true nor predicted here) are left out of the averages.", ""]
     return [*lines, *_table(["Class", "Precision (%)", "Recall (%)", "F1 (%)", "Support"], rows), ""]
 
 
