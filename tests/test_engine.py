@@ -116,15 +116,100 @@ def test_same_seed_same_answer_other_seed_other_masks(cell: npt.NDArray[np.uint8
     assert a.weights != c.weights
 
 
+def round_ends(num_samples: int, round_size: int) -> list[int]:
+    """Where adaptive rounds end: ``round_size`` at first, then an eighth of the samples so far."""
+    ends, done = [], 0
+    while done < num_samples:
+        done += min(max(round_size, done // 8), num_samples - done)
+        ends.append(done)
+    return ends
+
+
 def test_adaptive_sampling_stops_early_on_a_stable_top_k(cell: npt.NDArray[np.uint8]) -> None:
-    settings = Settings(num_samples=1000, seed=1, adaptive=True, min_samples=100, round_size=50, patience=2)
+    # Top 2: on this cell the 4th and 5th positive weights are near zero even at 5,000 samples,
+    # so a top 5 is a coin flip that adaptive sampling rightly keeps sampling on.
+    settings = Settings(
+        num_samples=1000, seed=1, adaptive=True, min_samples=100, round_size=50, patience=2, top_k=2
+    )
     result = asyncio.run(explain(cell, FnPredictor(nucleus_score, True), settings, label=0))
     assert result.stopped_early
-    assert 100 <= result.num_samples < 1000 and result.num_samples % 50 in (0, 1)
+    assert 100 <= result.num_samples < 1000 and result.num_samples in round_ends(1000, 50)
     full = asyncio.run(
-        explain(cell, FnPredictor(nucleus_score, True), Settings(num_samples=5000, seed=1), label=0)
+        explain(cell, FnPredictor(nucleus_score, True), Settings(num_samples=5000, seed=1, top_k=2), label=0)
     )
     assert set(result.top_segments) == set(full.top_segments)
+
+
+def _linear_samples(
+    coefficients: list[float], n: int = 2000, noise: float = 0.05, seed: int = 0
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
+    """lime-like masks (row 0 all ones) and a target linear in them, plus noise."""
+    rng = np.random.default_rng(seed)
+    masks = rng.integers(0, 2, (n, len(coefficients))).astype(np.int64)
+    masks[0] = 1
+    target = masks @ np.array(coefficients) + noise * rng.standard_normal(n)
+    return masks, target.astype(np.float32)
+
+
+def test_top_k_separation_tests_the_boundary_the_answer_uses() -> None:
+    from allxai.explainer.surrogate import top_k_separated
+
+    # By signed weight: 3 clearly positive, then a zero-effect one: a clear top 2, and a top 3.
+    masks, y = _linear_samples([0.5, 0.4, 0.3, 0.0, -0.2])
+    assert top_k_separated(masks, y, 2, 2.0, positive_only=True)
+    assert top_k_separated(masks, y, 3, 2.0, positive_only=True)
+    # Fewer positive weights than k: the set is every positive one, and the zero-effect
+    # superpixel's sign is a coin flip, so the set is not settled.
+    assert not top_k_separated(masks, y, 4, 2.0, positive_only=True)
+    # By |weight| (positive_only false), a strong negative weight belongs in the top 2 ...
+    masks, y = _linear_samples([0.5, -0.6, 0.1, 0.0])
+    assert top_k_separated(masks, y, 2, 2.0, positive_only=False)
+    # ... and a near-tie in size between a negative and a positive weight is not settled.
+    masks, y = _linear_samples([0.5, -0.501, 0.1, 0.0])
+    assert not top_k_separated(masks, y, 1, 2.0, positive_only=False)
+    # Only the superpixels lime's feature selection kept count.
+    masks, y = _linear_samples([0.5, 0.4, 0.39, 0.0])
+    assert top_k_separated(masks, y, 1, 2.0, positive_only=True, features=[0, 3])
+    # A target that never moves has nothing to separate.
+    assert top_k_separated(masks, np.full(len(masks), 0.3, np.float32), 2, 2.0)
+
+
+def test_a_failing_batch_stops_the_others(cell: npt.NDArray[np.uint8]) -> None:
+    class Failing(FnPredictor):
+        async def predict(self, images: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
+            self.calls.append(len(images))
+            if len(self.calls) == 2:
+                raise RuntimeError("model server went away")
+            await asyncio.sleep(0.01)
+            return self.fn(images)
+
+    predictor = Failing(nucleus_score, False)
+
+    async def run() -> int:
+        settings = Settings(num_samples=2000, batch_size=20, max_in_flight=4, seed=1)
+        with pytest.raises(RuntimeError, match="went away"):
+            await explain(cell, predictor, settings)
+        await asyncio.sleep(0.3)  # anything still running would call the model meanwhile
+        return len(predictor.calls)
+
+    assert asyncio.run(run()) <= 5  # the failing call and at most the batches already in flight
+
+
+def test_segmentations_with_too_few_or_too_many_superpixels_are_refused(
+    cell: npt.NDArray[np.uint8],
+) -> None:
+    from allxai.explainer.segmentation import SegmentationError
+
+    one = Settings(
+        num_samples=20, segmentation=SegmentationSpec("quickshift", {"kernel_size": 60, "max_dist": 1e5})
+    )
+    with pytest.raises(SegmentationError, match="at least 2"):
+        asyncio.run(explain(cell, FnPredictor(nucleus_score, False), one))
+    many = Settings(num_samples=20, max_segments=5)  # the cell has 7
+    with pytest.raises(SegmentationError, match="at most 5"):
+        asyncio.run(explain(cell, FnPredictor(nucleus_score, False), many))
+    with pytest.raises(ValueError, match="out of range"):
+        asyncio.run(explain(cell, FnPredictor(nucleus_score, False), Settings(num_samples=20), label=3))
 
 
 def test_quality_figures(cell: npt.NDArray[np.uint8]) -> None:

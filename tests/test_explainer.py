@@ -68,3 +68,21 @@ def test_pictures() -> None:
     assert heat[top][0, 0] > heat[top][0, 2], "positive weight is drawn red"
     figure = Image.open(io.BytesIO(render.figure(image, result, "Pro-B ALL 97.3%")))
     assert figure.format == "PNG" and figure.size[0] > figure.size[1]
+
+
+def test_overlay_tints_against_the_label_red_and_figures_render_from_threads() -> None:
+    image = image_with_a_red_square()
+    # Explaining class 0 ("no red tile") with positive_only false: the red tile speaks against it.
+    result = explain(image, redness, 0, Settings(num_samples=300, seed=1, top_k=1, positive_only=False))
+    weights = dict(result.weights)
+    assert weights[result.top_segments[0]] < 0
+    out = render.overlay(image, result).astype(int)
+    inside = out[20:28, 20:28].reshape(-1, 3)
+    assert (inside[:, 0] > inside[:, 1]).all()  # tinted red, not green
+    # The figure draws on its own canvas: several at once from worker threads all come out whole.
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(4) as pool:
+        pngs = list(pool.map(lambda i: render.figure(image, result, f"figure {i}"), range(8)))
+    sizes = {Image.open(io.BytesIO(p)).size for p in pngs}
+    assert len(sizes) == 1 and all(Image.open(io.BytesIO(p)).format == "PNG" for p in pngs)

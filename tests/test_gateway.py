@@ -236,6 +236,23 @@ def test_explain_returns_quality_and_both_compositions_agree(
     assert q.model_prediction == pytest.approx(by_model.classification.confidence, abs=1e-6)
 
 
+def test_positive_only_is_the_default_and_false_ranks_by_size(
+    stub: pb_grpc.DiagnosisServiceStub, cell_png: bytes
+) -> None:
+    # A client that leaves positive_only out (the LIS adapter, grpcurl) gets lime's default: true.
+    unset = stub.Explain(explain_request(cell_png, seed=5, top_k=20), timeout=60).explanation
+    both = stub.Explain(
+        explain_request(cell_png, seed=5, top_k=20, positive_only=False), timeout=60
+    ).explanation
+    assert list(both.weights) == list(unset.weights)  # the same fit; only the choice differs
+    weights = {w.segment: w.weight for w in unset.weights}
+    assert unset.top_segments and all(weights[s] > 0 for s in unset.top_segments)
+    # With false every superpixel may be chosen, strongest |weight| first, against the label too.
+    by_size = sorted(weights, key=lambda s: -abs(weights[s]))[:20]
+    assert list(both.top_segments) == by_size
+    assert any(weights[s] < 0 for s in both.top_segments) == any(w < 0 for w in weights.values())
+
+
 def test_explain_adaptive_and_other_segmentations(
     stub: pb_grpc.DiagnosisServiceStub, cell_png: bytes
 ) -> None:
@@ -258,6 +275,31 @@ def test_explain_adaptive_and_other_segmentations(
         ({"hide_color": [0, 0, 999]}, "options.hide_color"),
         ({"segmentation_params": {"n_segments": 3.0}}, "options.segmentation_params"),
         ({"seed": -1}, "options.seed"),
+        # Values out of range or not finite are refused before any work, in words.
+        ({"segmentation_params": {"kernel_size": -1.0}}, "options.segmentation_params"),
+        ({"segmentation_params": {"max_dist": float("inf")}}, "options.segmentation_params"),
+        (
+            {"segmentation": pb.SEGMENTATION_SLIC, "segmentation_params": {"n_segments": 0.0}},
+            "options.segmentation_params",
+        ),
+        (
+            {"segmentation": pb.SEGMENTATION_SLIC, "segmentation_params": {"n_segments": 12.7}},
+            "options.segmentation_params",
+        ),
+        (
+            {"segmentation": pb.SEGMENTATION_SLIC, "segmentation_params": {"start_label": 5.0}},
+            "options.segmentation_params",
+        ),
+        (
+            {"segmentation": pb.SEGMENTATION_FELZENSZWALB, "segmentation_params": {"sigma": -1.0}},
+            "options.segmentation_params",
+        ),
+        # One superpixel per pixel would make masks of samples x pixels: over the superpixel limit.
+        ({"segmentation_params": {"max_dist": 0.001}}, "options.segmentation_params"),
+        # One superpixel: nothing to compare.
+        ({"segmentation_params": {"kernel_size": 60.0, "max_dist": 1e5}}, "options.segmentation_params"),
+        ({"num_features": -1}, "options.num_features"),
+        ({"batch_size": 100_000}, "options.batch_size"),
     ],
 )
 def test_explain_refuses_bad_segmentation_and_colours(

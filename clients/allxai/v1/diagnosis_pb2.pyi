@@ -602,7 +602,7 @@ class ExplainOptions(_message.Message):
     top_k: _builtins.int
     """Superpixels kept in the mask (default 5)."""
     positive_only: _builtins.bool
-    """Show only superpixels that speak for the label."""
+    """Show only superpixels that speak for the label; unset means true, false ranks by |weight|."""
     seed: _builtins.int
     """The random seed; unset means the server draws one and returns it."""
     segmentation: Global___Segmentation.ValueType
@@ -636,7 +636,7 @@ class ExplainOptions(_message.Message):
         *,
         num_samples: _builtins.int = ...,
         top_k: _builtins.int = ...,
-        positive_only: _builtins.bool = ...,
+        positive_only: _builtins.bool | None = ...,
         seed: _builtins.int | None = ...,
         segmentation: Global___Segmentation.ValueType = ...,
         target_label: _builtins.str = ...,
@@ -648,12 +648,17 @@ class ExplainOptions(_message.Message):
         adaptive: _builtins.bool = ...,
         composition: Global___Composition.ValueType = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_seed", b"_seed", "seed", b"seed"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_positive_only", b"_positive_only", "_seed", b"_seed", "positive_only", b"positive_only", "seed", b"seed"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_seed", b"_seed", "adaptive", b"adaptive", "batch_size", b"batch_size", "composition", b"composition", "hide_color", b"hide_color", "num_features", b"num_features", "num_samples", b"num_samples", "pictures", b"pictures", "positive_only", b"positive_only", "seed", b"seed", "segmentation", b"segmentation", "segmentation_params", b"segmentation_params", "target_label", b"target_label", "top_k", b"top_k"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_positive_only", b"_positive_only", "_seed", b"_seed", "adaptive", b"adaptive", "batch_size", b"batch_size", "composition", b"composition", "hide_color", b"hide_color", "num_features", b"num_features", "num_samples", b"num_samples", "pictures", b"pictures", "positive_only", b"positive_only", "seed", b"seed", "segmentation", b"segmentation", "segmentation_params", b"segmentation_params", "target_label", b"target_label", "top_k", b"top_k"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__positive_only: _TypeAlias = _typing.Literal["positive_only"]  # noqa: Y015
+    _WhichOneofArgType__positive_only: _TypeAlias = _typing.Literal["_positive_only", b"_positive_only"]  # noqa: Y015
     _WhichOneofReturnType__seed: _TypeAlias = _typing.Literal["seed"]  # noqa: Y015
     _WhichOneofArgType__seed: _TypeAlias = _typing.Literal["_seed", b"_seed"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__positive_only) -> _WhichOneofReturnType__positive_only | None: ...
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__seed) -> _WhichOneofReturnType__seed | None: ...
 
 Global___ExplainOptions: _TypeAlias = ExplainOptions  # noqa: Y015

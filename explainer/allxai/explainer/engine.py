@@ -6,30 +6,56 @@ by one gather here, or next to the model by its ``compose`` signature, which mov
 instead of the pixels), and fit the surrogate with lime's own ``LimeBase``. With the same
 segmentation, seed and predict function the weights equal ``explain_instance``'s.
 
-Adaptive sampling draws in rounds of ``round_size`` and stops, after ``min_samples`` and at the
-latest at ``num_samples``, once the top-k superpixels have not changed for ``patience`` rounds
-and the gap between the k-th and the (k+1)-th weight exceeds ``z`` standard errors of the
-weighted linear fit (so a near-tie keeps sampling). The stream of masks is lime's either way, so
-an early stop is a prefix of the full explanation.
+Adaptive sampling draws in rounds (``round_size``, growing to an eighth of the samples so far, so
+the refits cost O(n) in all rather than O(n^2)) and stops, after ``min_samples`` and at the latest
+at ``num_samples``, once the top-k superpixels have not changed for ``patience`` rounds and the
+boundary of the top-k is ``z`` standard errors clear in the weighted linear fit (see
+:func:`surrogate.top_k_separated`; a near-tie keeps sampling). The stream of masks is lime's
+either way, so an early stop is a prefix of the full explanation.
+
+CPU work (segmentation, gateway-side composition, the fits) runs on a small pool of its own, so
+explanations cannot take every thread from the rest of the process; a cancelled explanation
+waits for the piece of work already running to end before it returns, so whoever counts running
+explanations does not count it gone while it still holds a core.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
+import os
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Literal, ParamSpec, Protocol, TypeVar
 
 import numpy as np
 import numpy.typing as npt
 
 from allxai.explainer import perturb, regions, surrogate
 from allxai.explainer.result import ExplanationResult, Quality, top_segments
-from allxai.explainer.segmentation import SegmentationSpec, segment
+from allxai.explainer.segmentation import SegmentationError, SegmentationSpec, segment
 
 Probs = npt.NDArray[np.float32]
 Image = npt.NDArray[np.uint8]
 ProgressFn = Callable[[int, int], None]
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
+
+#: Threads for explanations' CPU work (half the cores, at least 2): the rest stay for the model.
+_CPU = ThreadPoolExecutor(max(2, (os.cpu_count() or 2) // 2), thread_name_prefix="allxai-explain")
+
+
+async def _in_thread(fn: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> _T:
+    """``fn`` on the explanation threads; if the caller is cancelled, wait for ``fn`` to end first."""
+    future = asyncio.get_running_loop().run_in_executor(_CPU, functools.partial(fn, *args, **kwargs))
+    try:
+        return await asyncio.shield(future)
+    except asyncio.CancelledError:
+        await asyncio.wait({future})
+        if not future.cancelled():
+            future.exception()  # retrieved: the caller is gone, its error with it
+        raise
 
 
 class Predictor(Protocol):
@@ -66,6 +92,7 @@ class Settings:
     adaptive: bool = False
     min_samples: int = 150
     round_size: int = 50
+    max_segments: int = 1000
     patience: int = 1
     z: float = 2.0
     stability_refits: int = 5
@@ -78,16 +105,23 @@ async def explain(
     label: int | None = None,
     progress: ProgressFn | None = None,
 ) -> ExplanationResult:
-    """Explain ``label`` (default: the predicted class) for one uint8 image ``[H, W, 3]``."""
+    """Explain ``label`` (default: the predicted class) for one uint8 image ``[H, W, 3]``.
+
+    Raises :class:`SegmentationError` when the segmentation fails or gives fewer than 2 or more
+    than ``settings.max_segments`` superpixels, and ``ValueError`` for other invalid settings.
+    """
     if settings.num_samples < 1:
         raise ValueError("num_samples must be at least 1")
-    segments = await asyncio.to_thread(segment, image, settings.segmentation, settings.seed)
+    if label is not None and label < 0:
+        raise ValueError(f"label must not be negative, got {label}")
+    segments = await _in_thread(segment, image, settings.segmentation, settings.seed)
     fill = (
         perturb.mean_fill(image, segments)
         if settings.hide_color is None
         else perturb.solid_fill(image, settings.hide_color)
     )
     n_features = int(segments.max()) + 1
+    _check_segments(n_features, settings)
     random_state = np.random.RandomState(settings.seed)
     sampler = perturb.MaskSampler(random_state, n_features)
     use_model = settings.composition == "model" or (
@@ -108,22 +142,26 @@ async def explain(
         steady = 0
         while sum(len(m) for m in masks_parts) < settings.num_samples:
             done = sum(len(m) for m in masks_parts)
-            masks = sampler.draw(min(settings.round_size, settings.num_samples - done))
+            # Rounds grow with the samples so far: every round refits on all of them.
+            size = max(settings.round_size, done // 8)
+            masks = sampler.draw(min(size, settings.num_samples - done))
             masks_parts.append(masks)
             probs_parts.append(await batches.run(masks))
-            target = int(np.argmax(probs_parts[0][0])) if target is None else target
+            target = _label(probs_parts[0][0], target)
             if done + len(masks) < settings.min_samples:
                 continue
-            fit = await asyncio.to_thread(_fit, masks_parts, probs_parts, target, random_state, settings)
+            fit = await _in_thread(_fit, masks_parts, probs_parts, target, random_state, settings)
             current = sorted(top_segments(fit.weights, settings.top_k, settings.positive_only))
             steady = steady + 1 if current == previous else 0
             previous = current
-            separated = await asyncio.to_thread(
+            separated = await _in_thread(
                 surrogate.top_k_separated,
                 np.concatenate(masks_parts),
                 np.concatenate(probs_parts)[:, target],
                 settings.top_k,
                 settings.z,
+                settings.positive_only,
+                [s for s, _ in fit.weights],
             )
             if steady >= settings.patience and separated:
                 stopped_early = done + len(masks) < settings.num_samples
@@ -133,12 +171,12 @@ async def explain(
         masks_parts.append(masks)
         probs_parts.append(await batches.run(masks))
     probabilities = probs_parts[0][0]
-    target = int(np.argmax(probabilities)) if target is None else target
+    target = _label(probabilities, target)
 
     all_masks = np.concatenate(masks_parts)
     all_probs = np.concatenate(probs_parts)
-    fit = await asyncio.to_thread(_fit, masks_parts, probs_parts, target, random_state, settings)
-    quality = await asyncio.to_thread(
+    fit = await _in_thread(_fit, masks_parts, probs_parts, target, random_state, settings)
+    quality = await _in_thread(
         _quality, image, segments, all_masks, all_probs, target, fit, float(probabilities[target]), settings
     )
     return ExplanationResult(
@@ -156,6 +194,29 @@ async def explain(
         composition="model" if use_model else "gateway",
         probabilities=probabilities,
     )
+
+
+def _check_segments(count: int, settings: Settings) -> None:
+    if count < 2:
+        raise SegmentationError(
+            f"the segmentation found {count} superpixel; an explanation needs at least 2 to compare "
+            "(a smaller kernel_size, max_dist or scale, or more n_segments, gives more)"
+        )
+    if count > settings.max_segments:
+        # lime's masks are samples x superpixels and the fit inverts superpixels^2: bound both.
+        raise SegmentationError(
+            f"the segmentation found {count} superpixels; at most {settings.max_segments} are allowed "
+            "(a larger kernel_size, max_dist or scale, or fewer n_segments, gives fewer)"
+        )
+
+
+def _label(probabilities: Probs, label: int | None) -> int:
+    """The label to explain: the one asked for (checked against the model's classes), else the top one."""
+    if label is None:
+        return int(np.argmax(probabilities))
+    if label >= len(probabilities):
+        raise ValueError(f"label {label} is out of range: the model has {len(probabilities)} classes")
+    return label
 
 
 class _Batches:
@@ -186,9 +247,7 @@ class _Batches:
                     self._image, self._fill, self._segments, masks.astype(np.uint8)
                 )
             else:
-                images = await asyncio.to_thread(
-                    perturb.compose, self._image, self._fill, self._segments, masks
-                )
+                images = await _in_thread(perturb.compose, self._image, self._fill, self._segments, masks)
                 out = await self._predictor.predict(images)
         self._done += len(masks)
         if self._progress is not None:
@@ -198,7 +257,15 @@ class _Batches:
     async def run(self, masks: npt.NDArray[np.int64]) -> Probs:
         # With the model composing, few large requests: the image, fill and segments travel once each.
         size = self._settings.compose_batch_size if self._use_model else self._settings.batch_size
-        parts = await asyncio.gather(*(self._one(masks[i : i + size]) for i in range(0, len(masks), size)))
+        tasks = [asyncio.ensure_future(self._one(masks[i : i + size])) for i in range(0, len(masks), size)]
+        try:
+            parts = await asyncio.gather(*tasks)
+        except BaseException:
+            # One batch failed (or the call was cancelled): the others must not go on to the model.
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            raise
         return np.concatenate(parts).astype(np.float32, copy=False)
 
 

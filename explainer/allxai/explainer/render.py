@@ -24,18 +24,25 @@ def _top_mask(result: ExplanationResult) -> npt.NDArray[np.bool_]:
 
 
 def overlay(image: npt.NDArray[np.uint8], result: ExplanationResult) -> npt.NDArray[np.uint8]:
-    """All superpixel boundaries in thin grey, the top superpixels outlined in yellow and tinted green."""
+    """All superpixel boundaries in thin grey; the top superpixels outlined in yellow and tinted
+    green when they speak for the label, red when against it (as lime colours them)."""
     base = mark_boundaries(image, result.segments, color=(0.6, 0.6, 0.6), mode="inner")
     out = np.asarray(base * 255, dtype=np.float32)
+    weights = dict(result.weights)
+    against = [s for s in result.top_segments if weights.get(s, 0.0) < 0]
+    negative = np.isin(result.segments, against)
     mask = _top_mask(result)
-    out[mask] = 0.7 * out[mask] + 0.3 * np.array([0, 200, 0], np.float32)
+    positive = mask & ~negative
+    out[positive] = 0.7 * out[positive] + 0.3 * np.array([0, 200, 0], np.float32)
+    out[negative] = 0.7 * out[negative] + 0.3 * np.array([220, 0, 0], np.float32)
     edge = find_boundaries(mask.astype(np.int32), mode="inner")
     out[edge] = (255, 230, 0)
     return np.clip(out, 0, 255).astype(np.uint8)
 
 
 def mask_image(image: npt.NDArray[np.uint8], result: ExplanationResult) -> npt.NDArray[np.uint8]:
-    """Only the top superpixels visible; the rest greyed out (lime's positive-only mask)."""
+    """Only the top superpixels visible, the rest greyed out: lime's ``hide_rest`` mask (positive
+    only when the explanation was asked for positive superpixels only)."""
     out = np.full_like(image, 127)
     mask = _top_mask(result)
     out[mask] = image[mask]
@@ -58,12 +65,14 @@ def heatmap(result: ExplanationResult) -> npt.NDArray[np.uint8]:
 
 def figure(image: npt.NDArray[np.uint8], result: ExplanationResult, title: str) -> bytes:
     """The three-column figure of paper 2: input, mask, heatmap, as a PNG with titles."""
-    import matplotlib  # noqa: PLC0415
+    # A Figure with its own Agg canvas, not pyplot: pyplot's global state is not safe from the
+    # worker threads the gateway renders on.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg  # noqa: PLC0415
+    from matplotlib.figure import Figure  # noqa: PLC0415
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
-
-    fig, axes = plt.subplots(1, 3, figsize=(9, 3.4))
+    fig = Figure(figsize=(9, 3.4))
+    FigureCanvasAgg(fig)
+    axes = fig.subplots(1, 3)
     panels = [
         (image, "input"),
         (overlay(image, result), f"top {len(result.top_segments)} superpixels"),
@@ -77,5 +86,4 @@ def figure(image: npt.NDArray[np.uint8], result: ExplanationResult, title: str) 
     fig.tight_layout()
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=100)
-    plt.close(fig)
     return buffer.getvalue()

@@ -47,24 +47,69 @@ def fit(
     )
 
 
-def top_k_separated(masks: npt.NDArray[np.int64], target: npt.NDArray[np.float32], k: int, z: float) -> bool:
-    """Whether the k-th and (k+1)-th strongest weights of lime's weighted ridge regression differ
-    by more than ``z`` standard errors (closed form: sigma^2 (X'WX + I)^-1 on centred data)."""
+def top_k_separated(
+    masks: npt.NDArray[np.int64],
+    target: npt.NDArray[np.float32],
+    k: int,
+    z: float,
+    positive_only: bool = True,
+    features: list[int] | None = None,
+) -> bool:
+    """Whether the top-k superpixels, chosen as :func:`result.top_segments` chooses them, are ``z``
+    standard errors clear of the rest in lime's weighted ridge regression.
+
+    The fit is lime's final one in closed form (``sigma^2 (X'WX + I)^-1`` on centred data) over
+    ``features``, the superpixels lime's feature selection kept (default: all). The boundary tested:
+    by signed weight, the k-th against the (k+1)-th when ``positive_only`` and at least k weights are
+    positive; with fewer positive weights the set is all of them, so the smallest positive one must
+    be clear above zero and the largest other one clear below it; by absolute weight otherwise.
+    A target that never changes has nothing to separate: more samples cannot change its top-k.
+    """
     x = masks.astype(np.float64)
-    if x.shape[1] <= k:
+    if features is not None:
+        x = x[:, features]
+    y = target.astype(np.float64)
+    if np.ptp(y) == 0:
         return True
+    beta, cov = _weighted_ridge(x, y)
+    n = beta.size
+
+    def clear(i: int, j: int, sign_i: float, sign_j: float) -> bool:
+        gap = sign_i * beta[i] - sign_j * beta[j]
+        variance = cov[i, i] + cov[j, j] - 2 * sign_i * sign_j * cov[i, j]
+        return bool(gap > z * np.sqrt(max(variance, 1e-18)))
+
+    if positive_only:
+        order = np.argsort(-beta)
+        positives = int((beta > 0).sum())
+        if positives >= k:
+            return n == k or clear(order[k - 1], order[k], 1.0, 1.0)
+
+        # Fewer than k positive weights: the set changes when a weight changes sign.
+        def off_zero(i: int, sign: float) -> bool:
+            return bool(sign * beta[i] > z * np.sqrt(max(cov[i, i], 1e-18)))
+
+        above = positives == 0 or off_zero(order[positives - 1], 1.0)
+        below = positives == n or off_zero(order[positives], -1.0)
+        return above and below
+    if n <= k:
+        return True
+    order = np.argsort(-np.abs(beta))
+    i, j = order[k - 1], order[k]
+    return clear(i, j, float(np.sign(beta[i])), float(np.sign(beta[j])))
+
+
+def _weighted_ridge(
+    x: npt.NDArray[np.float64], y: npt.NDArray[np.float64]
+) -> tuple[npt.NDArray[np.float64], npt.NDArray[np.float64]]:
+    """lime's Ridge(alpha=1), weighted by the kernel of the distance to row 0: weights, covariance."""
     distances = sklearn.metrics.pairwise_distances(x, x[:1], metric="cosine").ravel()
     w = _kernel(distances)
-    y = target.astype(np.float64)
     mean_x, mean_y = w @ x / w.sum(), w @ y / w.sum()
     xc, yc = x - mean_x, y - mean_y
-    gram = xc.T @ (xc * w[:, None]) + np.eye(x.shape[1])  # Ridge(alpha=1), as LimeBase fits it
+    gram = xc.T @ (xc * w[:, None]) + np.eye(x.shape[1])
     inverse = np.linalg.inv(gram)
     beta = inverse @ (xc.T @ (w * yc))
     residual = yc - xc @ beta
     dof = max(1.0, w.sum() - x.shape[1] - 1)
-    cov = (w @ residual**2) / dof * inverse
-    order = np.argsort(-beta)
-    i, j = order[k - 1], order[k]
-    se = np.sqrt(max(cov[i, i] + cov[j, j] - 2 * cov[i, j], 1e-18))
-    return bool(beta[i] - beta[j] > z * se)
+    return beta, (w @ residual**2) / dof * inverse

@@ -102,7 +102,7 @@ def explain_options(message: pb.ExplainOptions) -> ExplainOptions:
         num_samples=message.num_samples or None,
         top_k=message.top_k,
         num_features=message.num_features,
-        positive_only=message.positive_only,
+        positive_only=message.positive_only if message.HasField("positive_only") else True,
         seed=message.seed if message.HasField("seed") else None,
         target_label=message.target_label,
         batch_size=message.batch_size or None,

@@ -120,6 +120,7 @@ class Diagnosis:
     ) -> ExplainOutcome:
         """Classify and explain one image; cancelling the call stops the work at its next batch."""
         from allxai.explainer.engine import explain  # noqa: PLC0415
+        from allxai.explainer.segmentation import SegmentationError  # noqa: PLC0415
 
         settings = self._settings_for(options)
         deadline = _deadline(timeout)
@@ -135,7 +136,10 @@ class Diagnosis:
             target = self._target(model, options.target_label) if options.target_label else None
             predictor = _BackendPredictor(self._backend, model, deadline)
             t_prep = time.perf_counter()
-            result = await explain(image, predictor, settings, label=target, progress=progress)
+            try:
+                result = await explain(image, predictor, settings, label=target, progress=progress)
+            except SegmentationError as exc:
+                raise InvalidInput("options.segmentation_params", str(exc)) from exc
             done = time.perf_counter()
             classification = _classification(model, result.probabilities)
             timings = Timings(
@@ -161,8 +165,13 @@ class Diagnosis:
         if options.top_k < 0:
             raise InvalidInput("options.top_k", "must not be negative")
         batch = options.batch_size or self._settings.predict_batch_size
-        if batch < 1:
-            raise InvalidInput("options.batch_size", "must be positive")
+        if not 1 <= batch <= self._settings.predict_batch_size:
+            # Each batch is built in memory at once: the server's batch size bounds it.
+            raise InvalidInput(
+                "options.batch_size", f"{batch}; allowed 1 to {self._settings.predict_batch_size}"
+            )
+        if options.num_features < 0:
+            raise InvalidInput("options.num_features", "must not be negative (0 means all superpixels)")
         seed = options.seed if options.seed is not None else random.SystemRandom().randrange(2**31)
         if not 0 <= seed < 2**32:
             raise InvalidInput("options.seed", "must be between 0 and 2**32 - 1")
@@ -190,6 +199,7 @@ class Diagnosis:
             hide_color=options.hide_color,
             composition=options.composition,  # type: ignore[arg-type]
             adaptive=options.adaptive,
+            max_segments=self._settings.explain_max_segments,
         )
 
     @staticmethod

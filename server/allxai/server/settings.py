@@ -39,6 +39,9 @@ class Settings(BaseSettings):
     explain_max_in_flight: int = Field(
         4, gt=0, description="Prediction batches of one explanation in flight."
     )
+    explain_max_segments: int = Field(
+        1000, ge=2, description="Most superpixels an explanation may have; more get INVALID_ARGUMENT."
+    )
     explain_compose_batch_size: int = Field(
         1000, gt=0, description="Masks per request when the model composes the perturbed images."
     )
