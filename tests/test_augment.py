@@ -243,7 +243,7 @@ def test_balance_equalises_classes_and_keeps_the_originals() -> None:
     counts = {0: 9, 1: 3, 2: 6}
     images = np.concatenate([_cells(counts[c], colours[c], seed=c) for c in (1, 0, 2)])
     labels = np.repeat(np.array([1, 0, 2]), [counts[1], counts[0], counts[2]])
-    result = balance_minority_classes(images, labels, seed=5, batch_size=4)
+    result = balance_minority_classes(images, labels, seed=5, batch_size=4, classes="all_smaller")
 
     assert result.added_per_class == {0: 0, 1: 6, 2: 3}
     assert np.bincount(result.labels).tolist() == [9, 9, 9]
@@ -259,6 +259,37 @@ def test_balance_equalises_classes_and_keeps_the_originals() -> None:
         assert not any(np.array_equal(image, src) for src in sources)
         mean = image.reshape(-1, 3).mean(axis=0)
         assert np.abs(mean - np.array(colours[int(label)])).max() < 15
+
+
+def test_balance_augments_only_the_smallest_class_by_default() -> None:
+    """Paper 2 augments the minority class (Benign) only; the others keep their counts."""
+    counts = {0: 3, 1: 9, 2: 6}  # label 0 plays Benign, the minority
+    images = np.concatenate([_cells(counts[c], (60 + 60 * c, 120, 120), seed=c) for c in (0, 1, 2)])
+    labels = np.repeat(np.array([0, 1, 2]), [counts[0], counts[1], counts[2]])
+    result = balance_minority_classes(images, labels, seed=5)
+    assert result.added_per_class == {0: 6, 1: 0, 2: 0}
+    assert np.bincount(result.labels).tolist() == [9, 9, 6], "class 2 is smaller but not the minority"
+    assert np.all(result.labels[len(images) :] == 0)
+    # Explicit labels choose the classes; a label no image has is refused in words.
+    chosen = balance_minority_classes(images, labels, seed=5, classes=[2])
+    assert chosen.added_per_class == {0: 0, 1: 0, 2: 3}
+    with pytest.raises(ValueError, match=r"cannot augment labels \[7\]"):
+        balance_minority_classes(images, labels, seed=5, classes=[7])
+    with pytest.raises(ValueError, match="classes must be"):
+        balance_minority_classes(images, labels, seed=5, classes="largest")  # type: ignore[arg-type]
+
+
+def test_the_paper2_recipes_augment_the_minority_class_only() -> None:
+    from pathlib import Path
+
+    from allxai.trainer.config import load_config
+
+    configs = Path(__file__).resolve().parents[1] / "configs"
+    for name in ("paper2-allnet-augmented.toml", "paper2-allnet-augmented-cpu.toml"):
+        config = load_config(configs / name)
+        assert config.augment == "paper2" and config.balance_classes == "smallest"
+    assert load_config(None).balance_classes == "smallest"
+    assert load_config(None, {"balance_classes": "all_smaller"}).balance_classes == "all_smaller"
 
 
 def test_balance_is_deterministic_and_independent_of_batch_size() -> None:

@@ -1,12 +1,15 @@
-"""Paper 2's offline balancing of the minority classes.
+"""Paper 2's offline balancing of the minority class.
 
-Thiriveedhi et al., ALL-Net (PeerJ Computer Science 2025), augment only the minority classes, with
-the Keras ``ImageDataGenerator`` recipe (rotation 10 degrees, width and height shift 0.1, shear 0.2,
-zoom 0.2, horizontal flip, fill mode "nearest"), until every class has as many images as the
-largest. Keras 3 has no ``ImageDataGenerator``, so :func:`paper2_transform` rebuilds its maths: it
-draws the same parameters from the same distributions, composes the same matrices about the image
-centre, and resamples each image once with ``keras.ops.image.affine_transform`` (bilinear, fill
-"nearest"). :func:`balance_minority_classes` applies it.
+Thiriveedhi et al., ALL-Net (PeerJ Computer Science 2025), augment only the minority class (Benign,
+the hematogones, in the Aria et al. set) with the Keras ``ImageDataGenerator`` recipe (rotation 10
+degrees, width and height shift 0.1, shear 0.2, zoom 0.2, horizontal flip, fill mode "nearest"),
+until it has as many images as the largest class; the other classes stay as they are. Augmenting
+every class smaller than the largest is available as an explicit choice.
+
+Keras 3 has no ``ImageDataGenerator``, so :func:`paper2_transform` rebuilds its maths: it draws
+the same parameters from the same distributions, composes the same matrices about the image centre,
+and resamples each image once with ``keras.ops.image.affine_transform`` (bilinear, fill "nearest").
+:func:`balance_minority_classes` applies it.
 
 Why not chain ``keras.layers.RandomRotation``/``RandomTranslation``/``RandomShear``/``RandomZoom``/
 ``RandomFlip``? Each layer resamples the image again (four bilinear passes blur the cells), and two
@@ -23,14 +26,17 @@ is in :mod:`allxai.trainer.augment`.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import keras
 import numpy as np
 import numpy.typing as npt
 
 UInt8Images = npt.NDArray[np.uint8]
+#: Which classes to augment: the smallest (paper 2), every class smaller than the largest, or labels.
+ClassChoice = Literal["smallest", "all_smaller"] | Sequence[int]
 
 
 @dataclass(frozen=True)
@@ -138,8 +144,27 @@ class BalanceResult:
 
     images: UInt8Images  # uint8 [M, H, W, 3]
     labels: npt.NDArray[np.int64]  # int64 [M]
-    #: How many images were generated for each class present (0 for the largest).
+    #: How many images were generated for each class present (0 for those not augmented).
     added_per_class: dict[int, int] = field(default_factory=dict)
+
+
+def _classes_to_augment(
+    classes: npt.NDArray[Any], counts: npt.NDArray[np.intp], choice: ClassChoice
+) -> set[int]:
+    if isinstance(choice, str):
+        if choice == "smallest":
+            # Ties: every class of the smallest count is "the" minority.
+            return {int(c) for c, n in zip(classes, counts, strict=True) if n == counts.min()}
+        if choice == "all_smaller":
+            return {int(c) for c in classes}
+        raise ValueError(f'classes must be "smallest", "all_smaller" or a list of labels, got {choice!r}')
+    chosen = {int(c) for c in choice}
+    unknown = sorted(chosen - {int(c) for c in classes})
+    if unknown:
+        raise ValueError(
+            f"cannot augment labels {unknown}: no image has them (labels are {classes.tolist()})"
+        )
+    return chosen
 
 
 def balance_minority_classes(
@@ -148,13 +173,17 @@ def balance_minority_classes(
     seed: int,
     params: Paper2Params = Paper2Params(),
     batch_size: int = 64,
+    classes: ClassChoice = "smallest",
 ) -> BalanceResult:
-    """Augment every class smaller than the largest until all classes have the same count.
+    """Augment the chosen classes until each has as many images as the largest class.
 
-    For each smaller class (in increasing label order), source images of that class are drawn with
-    replacement by a NumPy generator seeded with ``seed`` and transformed with the paper-2 recipe.
-    The largest class is untouched. The output is deterministic for a given ``seed`` and does not
-    depend on ``batch_size``, which only bounds how many images are transformed at once.
+    ``classes`` is ``"smallest"`` (paper 2: the minority class only, every class of the smallest
+    count on a tie), ``"all_smaller"`` (every class smaller than the largest, so all end equal) or
+    explicit labels. Classes not chosen are untouched. For each chosen class (in increasing label
+    order), source images of that class are drawn with replacement by a NumPy generator seeded
+    with ``seed`` and transformed with the paper-2 recipe. The output is deterministic for a given
+    ``seed`` and does not depend on ``batch_size``, which only bounds how many images are
+    transformed at once.
     """
     _check_images(images)
     labels = np.asarray(labels)
@@ -164,15 +193,16 @@ def balance_minority_classes(
         raise ValueError("cannot balance an empty dataset")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    classes, counts = np.unique(labels, return_counts=True)
+    present, counts = np.unique(labels, return_counts=True)
+    chosen = _classes_to_augment(present, counts, classes)
     target = int(counts.max())
     rng = np.random.default_rng(seed)
     height, width = images.shape[1:3]
     # Draw every source index and matrix up front (a few floats each), so batching cannot change them.
     sources: list[npt.NDArray[np.intp]] = []
     added: dict[int, int] = {}
-    for cls, count in zip(classes.tolist(), counts.tolist(), strict=True):
-        need = target - count
+    for cls, count in zip(present.tolist(), counts.tolist(), strict=True):
+        need = target - count if int(cls) in chosen else 0
         added[int(cls)] = need
         if need:
             sources.append(rng.choice(np.flatnonzero(labels == cls), size=need, replace=True))

@@ -49,6 +49,11 @@ class TrainConfig(BaseModel):
     )
     class_weights: bool = True
     augment: Literal["none", "paper1", "paper2"] = "none"
+    balance_classes: Literal["smallest", "all_smaller"] = Field(
+        "smallest",
+        description='paper2: augment the smallest class only (as the paper did), or "all_smaller": '
+        "every class smaller than the largest",
+    )
     early_stopping_patience: int = Field(0, ge=0, description="0: off")
     reduce_lr_patience: int = Field(
         0, ge=0, description="halve the learning rate after this many flat epochs; 0: off"

@@ -105,8 +105,12 @@ def fit(
     if config.augment == "paper2":
         from allxai.trainer.balance import balance_minority_classes  # noqa: PLC0415
 
-        balanced = balance_minority_classes(x_train, y_train, seed=seed)
-        log.info("paper 2 balancing added %s images per class", balanced.added_per_class)
+        balanced = balance_minority_classes(x_train, y_train, seed=seed, classes=config.balance_classes)
+        log.info(
+            "paper 2 balancing (%s) added %s images per class",
+            config.balance_classes,
+            balanced.added_per_class,
+        )
         x_train, y_train = balanced.images, balanced.labels
     weights = balanced_class_weights(y_train, num_classes) if config.class_weights else None
     eye = np.eye(num_classes, dtype=np.float32)
