@@ -116,6 +116,22 @@ def test_export_refuses_an_existing_version(model_base: Path) -> None:
         )
 
 
+def test_export_refuses_a_model_that_outputs_nan(tmp_path: Path) -> None:
+    import keras
+
+    from allxai.trainer.export import ExportError, export_model
+
+    inputs = keras.Input((16, 16, 3))
+    dense = keras.layers.Dense(2, activation="softmax")
+    model = keras.Model(inputs, dense(keras.layers.GlobalAveragePooling2D()(inputs)))
+    dense.set_weights([np.full(w.shape, np.nan, np.float32) for w in dense.get_weights()])
+    with pytest.raises(ExportError, match=r"non-finite probabilities \(NaN or infinity\)"):
+        export_model(
+            model, tmp_path, "diverged", 1, {"input_size": [16, 16]}, np.zeros((2, 16, 16, 3), np.uint8)
+        )
+    assert list((tmp_path / "diverged").iterdir()) == [], "no version, no temporary folder left"
+
+
 def test_unknown_architecture() -> None:
     from allxai.trainer.models import build_model
 

@@ -181,12 +181,18 @@ def export_checkpoint(config: Any, weights: Path, card: dict[str, Any] | None) -
 
 
 def _check_export(model: Any, path: Path, images: npt.NDArray[np.uint8], atol: float) -> None:
-    """Reload the export and compare its probabilities with the Keras model's."""
+    """Reload the export, require finite probabilities, and compare them with the Keras model's."""
     loaded = tf.saved_model.load(str(path))
     served = loaded.signatures[contract.SERVING_SIGNATURE](images=tf.constant(images))[
         contract.OUTPUT
     ].numpy()
     expected = np.asarray(model(images.astype(np.float32), training=False))
+    # NaN compares False with everything, so a diverged model would pass the tolerance test.
+    if not np.all(np.isfinite(served)):
+        raise ExportError(
+            "the export gives non-finite probabilities (NaN or infinity) on the check images; "
+            "the model's weights have probably diverged (try a lower learning rate)"
+        )
     diff = float(np.max(np.abs(served - expected))) if len(images) else 0.0
-    if diff > atol:
+    if not diff <= atol:
         raise ExportError(f"the export predicts differently from the Keras model (max |diff| {diff:.2e})")
