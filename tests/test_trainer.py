@@ -235,3 +235,64 @@ def test_fine_tuning_unfreezes_only_the_top_of_the_backbone() -> None:
     assert all(layer in backbone.layers[-10:] for layer in trainable)
     assert not any(isinstance(layer, keras.layers.BatchNormalization) for layer in trainable)
     assert backbone_of(build_model("allnet", 2, (64, 64))) is None
+
+
+def _serving_only_export(path: Path, size: int, classes: int) -> None:
+    """A SavedModel from elsewhere: only ``serving_default``, its own tensor names, no model card."""
+    import keras
+    import tensorflow as tf
+
+    inputs = keras.Input((size, size, 3))
+    model = keras.Model(
+        inputs,
+        keras.layers.Dense(classes, activation="softmax")(keras.layers.GlobalAveragePooling2D()(inputs)),
+    )
+    module = tf.Module()
+    module.model = model
+
+    @tf.function(input_signature=[tf.TensorSpec([None, size, size, 3], tf.uint8, name="pixels")])
+    def serve(pixels: tf.Tensor) -> dict[str, tf.Tensor]:
+        return {"scores": module.model(tf.cast(pixels, tf.float32))}
+
+    tf.saved_model.save(module, str(path), signatures={"serving_default": serve})
+
+
+def test_evaluate_a_savedmodel_without_a_model_card(tmp_path: Path) -> None:
+    from allxai.trainer.cli import main as trainer_main
+    from allxai.trainer.synthetic import make_dataset
+
+    _serving_only_export(tmp_path / "foreign" / "1", 24, 4)
+    data = make_dataset(tmp_path / "data", per_class=2, size=24, seed=3)
+    reports = tmp_path / "reports"
+    argv = ["evaluate", "--model", str(tmp_path / "foreign" / "1"), "--data", str(data)]
+    assert trainer_main([*argv, "--reports", str(reports)]) == 0
+    report = json.loads((reports / "evaluation.json").read_text())
+    assert report["metrics"]["n"] == 8
+    assert report["notes"] == [
+        "no model card",
+        "class names from the data's class folders, in order: Benign, Early, Pre, Pro",
+        "input size 24x24 from the serving signature",
+    ]
+    # A card given on the command line names the classes instead.
+    card = tmp_path / "card.json"
+    card.write_text(json.dumps({"class_names": ["Benign", "Early", "Pre", "Pro"], "input_size": [24, 24]}))
+    assert trainer_main([*argv, "--reports", str(reports), "--card", str(card)]) == 0
+    assert json.loads((reports / "evaluation.json").read_text())["notes"] == [f"card from {card}"]
+
+
+def test_evaluate_says_so_when_every_image_is_skipped(
+    model_base: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from allxai.trainer.cli import main as trainer_main
+
+    for name in ("Benign", "Early", "Pre", "Pro"):
+        (tmp_path / "data" / name).mkdir(parents=True)
+        (tmp_path / "data" / name / "x.png").write_bytes(f"not an image: {name}".encode())
+    with pytest.raises(SystemExit) as exited:
+        trainer_main(
+            ["evaluate", "--model", str(model_base / "allnet" / "1"), "--data", str(tmp_path / "data")]
+        )
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert "allxai evaluate: no usable images in" in err and "all 4 were skipped (x.png: " in err
+    assert "Traceback" not in err

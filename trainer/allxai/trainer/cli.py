@@ -93,6 +93,9 @@ def evaluate_main(argv: Sequence[str]) -> int:
     parser.add_argument("--data", type=Path, required=True)
     parser.add_argument("--layout", default="auto", choices=["auto", "cnmc", "aria", "folder"])
     parser.add_argument("--reports", type=Path, default=Path("reports/evaluate"))
+    parser.add_argument(
+        "--card", type=Path, help="model card JSON, for a SavedModel that carries none of its own"
+    )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s %(message)s")
 
@@ -100,7 +103,7 @@ def evaluate_main(argv: Sequence[str]) -> int:
     from allxai.trainer.evaluate import evaluate_export  # noqa: PLC0415
 
     try:
-        metrics = evaluate_export(args.model, args.data, args.layout, args.reports)
+        metrics = evaluate_export(args.model, args.data, args.layout, args.reports, args.card)
     except (DatasetError, OSError, ValueError) as exc:
         parser.exit(2, f"allxai evaluate: {exc}\n")
     print(
