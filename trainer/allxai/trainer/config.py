@@ -18,7 +18,8 @@ class ConfigError(ValueError):
 class TrainConfig(BaseModel):
     """Everything a training run needs; every field has the default a CPU user would want."""
 
-    model_config = ConfigDict(extra="forbid")
+    # No inf or nan anywhere: an infinite learning rate passes ``gt=0`` and would train to NaN.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     # Data
     data: Path = Field(Path("data"), description="dataset root")
@@ -77,7 +78,12 @@ class TrainConfig(BaseModel):
     seed: int = 42
     # Output
     out: Path = Path("models")
-    name: str = "allnet"
+    name: str = Field(
+        "allnet",
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$",
+        description="model name: the export goes to <out>/<name>/<version>, so one plain folder name "
+        "(letters, digits, '.', '_', '-'; no path separators, no leading dot)",
+    )
     version: int = Field(1, gt=0)
     reports: Path = Path("reports")
     export: bool = True
@@ -97,15 +103,6 @@ class TrainConfig(BaseModel):
         return self.weights if self.weights == "imagenet" else Path(self.weights)
 
 
-def _coerce(value: str) -> Any:
-    for kind in (int, float):
-        try:
-            return kind(value)
-        except ValueError:
-            pass
-    return {"true": True, "false": False}.get(value.lower(), value)
-
-
 def load_config(path: Path | None, overrides: dict[str, str] | None = None, **values: Any) -> TrainConfig:
     """Read a TOML recipe (its paths are relative to the current folder), then apply overrides."""
     data: dict[str, Any] = {}
@@ -117,10 +114,22 @@ def load_config(path: Path | None, overrides: dict[str, str] | None = None, **va
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path} is not valid TOML: {exc}") from exc
         data.pop("description", None)
-    data.update({k: _coerce(v) for k, v in (overrides or {}).items()})
+    # Override values stay strings: pydantic converts each to its field's type ("3" to an int for
+    # epochs, "2024" stays a string for name), which a guess by the value's look cannot do.
+    data.update(overrides or {})
     data.update({k: v for k, v in values.items() if v is not None})
     try:
         return TrainConfig(**data)
     except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        problems = "; ".join(_problem(e) for e in exc.errors())
         raise ConfigError(f"bad configuration: {problems}") from exc
+
+
+def _problem(error: Any) -> str:
+    where = ".".join(map(str, error["loc"]))
+    if error["type"] == "string_pattern_mismatch" and where == "name":
+        return (
+            f"name: {error['input']!r} is not a plain folder name (letters, digits, '.', '_', '-', "
+            "starting with a letter or digit, at most 64 characters)"
+        )
+    return f"{where}: {error['msg']}"
