@@ -87,6 +87,30 @@ def test_aria_blocks_duplicates_and_binary_task(tmp_path: Path) -> None:
     assert binary.counts() == {"ALL": 90, "normal": 30}
 
 
+def test_the_same_bytes_under_two_labels_are_dropped_and_reported(tmp_path: Path) -> None:
+    root = make_aria(tmp_path, per_class=6)
+    (root / "Pre" / "WBC-Pre-007.jpg").write_bytes((root / "Early" / "WBC-Early-002.jpg").read_bytes())
+    (root / "Early" / "WBC-Early-008.jpg").write_bytes((root / "Early" / "WBC-Early-002.jpg").read_bytes())
+    index = index_dataset(root)
+    names = {s.path.name for s in index.samples}
+    assert not names & {"WBC-Early-002.jpg", "WBC-Early-008.jpg", "WBC-Pre-007.jpg"}, "no copy kept"
+    assert index.counts() == {"Benign": 6, "Early": 5, "Pre": 6, "Pro": 6}
+    reason = (
+        "same bytes under different labels: WBC-Early-002.jpg (Early), WBC-Early-008.jpg (Early), "
+        "WBC-Pre-007.jpg (Pre); all copies dropped"
+    )
+    assert sorted(index.duplicates) == sorted(
+        (str(root / folder / name), reason)
+        for folder, name in (
+            ("Early", "WBC-Early-002.jpg"),
+            ("Early", "WBC-Early-008.jpg"),
+            ("Pre", "WBC-Pre-007.jpg"),
+        )
+    )
+    assert "same bytes under different labels for 1 image(s): every copy dropped" in index.notes
+    assert summary(index)["duplicates_removed"] == 3
+
+
 def test_real_aria_duplicates_and_near_duplicates(shared_data: Path) -> None:
     index = index_dataset(shared_data / "aria-all" / "Original")
     assert index.counts() == {"Benign": 404, "Early": 785, "Pre": 763, "Pro": 616}

@@ -254,9 +254,13 @@ def _to_binary(index: DatasetIndex) -> DatasetIndex:
 
 
 def _dedupe(index: DatasetIndex) -> None:
-    """Drop exact duplicates (same SHA-256) everywhere, keeping the first by path; report them."""
-    seen: dict[str, Sample] = {}
-    kept: dict[str, list[Sample]] = {"train": [], "test": []}
+    """Drop exact duplicates (same SHA-256) everywhere, keeping the first by path; report them.
+
+    Copies filed under different labels are all dropped: which label is right cannot be told,
+    and keeping the first would train on a guess.
+    """
+    digests: dict[str, list[Sample]] = {}
+    parts: list[tuple[str, Sample]] = []
     for part, samples in (("train", index.samples), ("test", index.test_samples)):
         for sample in samples:
             try:
@@ -264,14 +268,30 @@ def _dedupe(index: DatasetIndex) -> None:
             except OSError as exc:
                 index.skipped.append((str(sample.path), f"unreadable: {exc}"))
                 continue
-            first = seen.get(digest)
-            if first is not None:
-                conflict = " (different labels!)" if first.label != sample.label else ""
-                index.duplicates.append((str(sample.path), f"same bytes as {first.path.name}{conflict}"))
-                continue
-            seen[digest] = sample
+            digests.setdefault(digest, []).append(sample)
+            parts.append((part, sample))
+    kept: dict[str, list[Sample]] = {"train": [], "test": []}
+    keep: set[Path] = set()
+    conflicts = 0
+    for copies in digests.values():
+        first = copies[0]
+        labels = {s.label for s in copies}
+        if len(labels) > 1:
+            conflicts += 1
+            named = ", ".join(f"{s.path.name} ({index.class_names[s.label]})" for s in copies)
+            index.duplicates.extend(
+                (str(s.path), f"same bytes under different labels: {named}; all copies dropped")
+                for s in copies
+            )
+            continue
+        keep.add(first.path)
+        index.duplicates.extend((str(s.path), f"same bytes as {first.path.name}") for s in copies[1:])
+    for part, sample in parts:
+        if sample.path in keep:
             kept[part].append(sample)
     index.samples, index.test_samples = kept["train"], kept["test"]
+    if conflicts:
+        index.notes.append(f"same bytes under different labels for {conflicts} image(s): every copy dropped")
 
 
 def check_trainable(index: DatasetIndex, min_per_class: int) -> None:

@@ -74,9 +74,11 @@ def load_samples(samples: list[Sample], input_size: tuple[int, int]) -> LoadedIm
     )
 
 
-def summary(index: DatasetIndex, loaded: LoadedImages | None = None) -> dict[str, Any]:
+def summary(
+    index: DatasetIndex, loaded: LoadedImages | None = None, test_loaded: LoadedImages | None = None
+) -> dict[str, Any]:
     """The dataset report: counts, duplicates, near-duplicates and the groups they joined, skipped
-    files, notes, sizes and modes."""
+    files (of the index, of ``loaded`` and of a separate ``test_loaded`` set), notes, sizes and modes."""
     out: dict[str, Any] = {
         "layout": index.layout,
         "classes": index.class_names,
@@ -85,7 +87,12 @@ def summary(index: DatasetIndex, loaded: LoadedImages | None = None) -> dict[str
         "groups": len({s.group for s in index.samples}),
         "duplicates_removed": len(index.duplicates),
         "duplicates": [list(d) for d in index.duplicates],
-        "skipped": [list(s) for s in index.skipped + (loaded.skipped if loaded else [])],
+        "skipped": [
+            list(s)
+            for s in index.skipped
+            + (loaded.skipped if loaded else [])
+            + (test_loaded.skipped if test_loaded else [])
+        ],
         "notes": index.notes,
         "near_duplicates": len(index.near_duplicates),
         "near_duplicate_pairs": [list(p) for p in index.near_duplicates],

@@ -106,6 +106,7 @@ def run(config: TrainConfig) -> RunResult:
     if len(loaded.labels) == 0:
         raise ValueError("no usable images: every file was skipped (see the report)")
 
+    test_loaded = None
     if index.test_samples:
         test_loaded = load_samples(index.test_samples, size)
         rest = np.arange(len(loaded.labels))
@@ -125,7 +126,7 @@ def run(config: TrainConfig) -> RunResult:
             )
         ]
 
-    dataset = summary(index, loaded)
+    dataset = summary(index, loaded, test_loaded)
     dataset["splits"] = split_sizes(loaded.groups, {"train+validation": rest, "test": test_idx})
     if index.test_samples:
         dataset["splits"]["test"] = {
