@@ -4,8 +4,9 @@ It speaks ``tensorflow.serving.PredictionService`` (Predict, GetModelMetadata) a
 ``tensorflow.serving.ModelService`` (GetModelStatus) with the real request and response messages
 and TensorProtos, runs the real SavedModels of a ``<base>/<name>/<version>`` tree, and answers the
 way TensorFlow Serving does where the gateway depends on it: NOT_FOUND for unknown models, versions
-and labels; INVALID_ARGUMENT for unknown signatures, wrong inputs and batches over
-``max_batch_size``; the resolved version in every response's ``model_spec``.
+and labels; INVALID_ARGUMENT for unknown signatures, wrong inputs, an ``output_filter`` naming no
+output of the signature, and batches over ``max_batch_size``; the resolved version in every
+response's ``model_spec``. Models with only ``serving_default`` (any tensor names) are served as-is.
 
 Knobs for the failure tests: ``delay`` (seconds before each Predict: a slow model server) and a
 request counter (to see per-request balancing). ``python -m tests.tfserving_fake --base B --port P``
@@ -101,6 +102,14 @@ class FakeTFServing:
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"input keys {sorted(request.inputs.keys())} do not match the signature's {sorted(expected)}",
             )
+        known = sorted(signature_defs[name].outputs.keys())
+        for alias in request.output_filter:
+            if alias not in known:  # TensorFlow Serving's own check and words (predict_util.cc)
+                await context.abort(
+                    grpc.StatusCode.INVALID_ARGUMENT,
+                    f"output tensor alias not found in signature: {alias} "
+                    f"Outputs expected to be in the set {{{','.join(known)}}}.",
+                )
         inputs = {key: tf.make_ndarray(value) for key, value in request.inputs.items()}
         if name == "serving_default" and self.max_batch_size is not None:
             size = len(next(iter(inputs.values())))

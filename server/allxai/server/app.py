@@ -104,6 +104,7 @@ def make_backend(settings: Settings) -> Backend:
             retries=settings.tfserving_retries,
             tls=tls,
             max_message_bytes=settings.max_message_bytes,
+            class_names=settings.class_names,
         )
     from allxai.server.backends.embedded import EmbeddedBackend  # noqa: PLC0415
 
@@ -113,6 +114,7 @@ def make_backend(settings: Settings) -> Backend:
         settings.version_labels,
         batch_size=settings.predict_batch_size,
         threads=settings.predict_threads,
+        class_names=settings.class_names,
     )
 
 

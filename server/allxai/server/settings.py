@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -25,6 +25,13 @@ class Settings(BaseSettings):
     default_model: str = Field("", description="Model used when a request names none; empty: the only one.")
     version_labels: dict[str, dict[str, int]] = Field(
         default_factory=dict, description='Version labels per model, e.g. {"allnet": {"stable": 1}}.'
+    )
+    class_names: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description=(
+            "Class names in output order for models without a model card, by model name, "
+            'e.g. {"foreign": ["normal", "blast"]}; a card\'s names win; none: class_0, class_1, ...'
+        ),
     )
     max_image_bytes: int = Field(32 * 1024 * 1024, gt=0, description="Largest encoded image accepted.")
     max_image_pixels: int = Field(40_000_000, gt=0, description="Largest decoded image (width x height).")
@@ -123,3 +130,14 @@ class Settings(BaseSettings):
         "always", description="fsync after every record, at most every interval, or leave it to the OS."
     )
     audit_fsync_interval_seconds: float = Field(1.0, gt=0, description="Interval of the 'interval' policy.")
+
+    @field_validator("class_names")
+    @classmethod
+    def _distinct_class_names(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
+        # Duplicates or blanks would make answers ambiguous; say so at start-up, not per request.
+        for model, names in value.items():
+            if not names or any(not name.strip() for name in names):
+                raise ValueError(f"model {model!r}: give one or more non-empty class names")
+            if len(set(names)) != len(names):
+                raise ValueError(f"model {model!r}: a class name appears twice in {names}")
+        return value

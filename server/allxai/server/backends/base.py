@@ -9,6 +9,8 @@ from typing import Any, Literal, Protocol
 import numpy as np
 import numpy.typing as npt
 
+from allxai.trainer import contract
+
 #: Who is waiting on a prediction: a person (Classify) or an explanation's many perturbation batches.
 #: Backends serve ``interactive`` work first, so Explain traffic cannot starve Classify.
 Lane = Literal["interactive", "bulk"]
@@ -25,7 +27,11 @@ class ModelSpec:
 
 @dataclass(frozen=True)
 class ModelInfo:
-    """What the gateway needs to know of a loaded model (read from its model card)."""
+    """What the gateway needs to know of a loaded model (read from its model card).
+
+    ``serving_input`` and ``serving_output`` are the keys of ``serving_default``'s image input and
+    score output: the contract's names for our exports, whatever a model from elsewhere calls them.
+    """
 
     name: str
     version: int
@@ -36,6 +42,8 @@ class ModelInfo:
     has_composition: bool = False
     card_json: str = "{}"
     available_versions: tuple[int, ...] = field(default_factory=tuple)
+    serving_input: str = contract.SERVING_INPUT
+    serving_output: str = contract.OUTPUT
 
     @classmethod
     def from_card(

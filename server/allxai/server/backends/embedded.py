@@ -11,7 +11,6 @@ batch of 16 images in far less than 16 times its single-image time).
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass
@@ -21,9 +20,10 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from allxai.server.backends import signature
 from allxai.server.backends.base import Lane, ModelInfo, ModelSpec
 from allxai.server.backends.workers import Coalescer, PriorityPool
-from allxai.server.errors import BackendUnavailable, DeadlineExceeded, ModelNotFound
+from allxai.server.errors import BackendError, BackendUnavailable, DeadlineExceeded, ModelNotFound
 from allxai.trainer import contract
 
 log = logging.getLogger(__name__)
@@ -54,7 +54,12 @@ def discover(base: Path) -> dict[str, list[int]]:
 
 
 class EmbeddedBackend:
-    """Serves the newest version of every model under ``base`` (plus labelled versions) in-process."""
+    """Serves the newest version of every model under ``base`` (plus labelled versions) in-process.
+
+    A model with only ``serving_default`` is served too (see :mod:`.signature`): its class names come
+    from ``assets.extra/model_card.json`` in its version folder, else from ``class_names`` (the
+    ``ALLXAI_CLASS_NAMES`` setting, by model name), else they are ``class_0 .. class_{C-1}``.
+    """
 
     def __init__(
         self,
@@ -63,10 +68,12 @@ class EmbeddedBackend:
         version_labels: dict[str, dict[str, int]] | None = None,
         batch_size: int = 64,
         threads: int = 2,
+        class_names: dict[str, list[str]] | None = None,
     ) -> None:
         self._base = base
         self._default = default_model
         self._labels = version_labels or {}
+        self._class_names = class_names or {}
         self._batch_size = batch_size
         self._threads = threads
         self._pool = PriorityPool(threads, "allxai-model")
@@ -103,14 +110,29 @@ class EmbeddedBackend:
 
         path = self._base / name / str(version)
         saved = tf.saved_model.load(str(path))
-        card = json.loads(saved.signatures[contract.CARD_SIGNATURE]()[contract.CARD_OUTPUT].numpy().decode())
-        info = ModelInfo.from_card(
-            name, version, card, contract.COMPOSE_SIGNATURE in saved.signatures, versions
-        )
+        if contract.SERVING_SIGNATURE not in saved.signatures:
+            found = ", ".join(sorted(saved.signatures)) or "none"
+            raise BackendUnavailable(
+                f"model {name} version {version} has no {contract.SERVING_SIGNATURE!r} signature "
+                f"(it has: {found})"
+            )
         serve = saved.signatures[contract.SERVING_SIGNATURE]
+        try:
+            info = signature.derive_model_info(
+                name,
+                version,
+                _specs(serve.structured_input_signature[1], name, version),
+                _specs(serve.structured_outputs, name, version),
+                card=_card(saved, path, name, version),
+                configured_names=self._class_names.get(name),
+                has_composition=contract.COMPOSE_SIGNATURE in saved.signatures,
+                available_versions=versions,
+            )
+        except signature.ContractError as exc:
+            raise BackendUnavailable(str(exc)) from exc
         coalescer = Coalescer(
             self._pool,
-            lambda images: _run(serve, {contract.SERVING_INPUT: images}),
+            lambda images: _run(serve, {info.serving_input: images}, info),
             self._batch_size,
             self._threads,
         )
@@ -168,8 +190,8 @@ class EmbeddedBackend:
             return await self._wait(
                 [entry.coalescer.predict(chunk) for chunk in chunks], timeout, len(model.class_names)
             )
-        calls = [{contract.SERVING_INPUT: chunk} for chunk in chunks]
-        return await self._gather(entry.serve, calls, timeout, len(model.class_names), lane)
+        calls = [{entry.info.serving_input: chunk} for chunk in chunks]
+        return await self._gather(entry.serve, calls, timeout, entry.info, lane)
 
     async def predict_composed(
         self,
@@ -189,7 +211,7 @@ class EmbeddedBackend:
             {"image": image, "fill": fill, "segments": segments, "masks": masks[i : i + self._batch_size]}
             for i in range(0, len(masks), self._batch_size)
         ]
-        return await self._gather(entry.compose, calls, timeout, len(model.class_names), lane)
+        return await self._gather(entry.compose, calls, timeout, entry.info, lane, contract.OUTPUT)
 
     def _entry(self, model: ModelInfo) -> _Loaded:
         entry = self._models.get((model.name, model.version))
@@ -198,10 +220,16 @@ class EmbeddedBackend:
         return entry
 
     async def _gather(
-        self, fn: Any, calls: list[dict[str, Any]], timeout: float | None, num_classes: int, lane: Lane
+        self,
+        fn: Any,
+        calls: list[dict[str, Any]],
+        timeout: float | None,
+        model: ModelInfo,
+        lane: Lane,
+        output: str | None = None,
     ) -> npt.NDArray[np.float32]:
-        futures = [self._pool.submit(_PRIORITY[lane], _run, fn, call) for call in calls]
-        return await self._wait(futures, timeout, num_classes)
+        futures = [self._pool.submit(_PRIORITY[lane], _run, fn, call, model, output) for call in calls]
+        return await self._wait(futures, timeout, len(model.class_names))
 
     @staticmethod
     async def _wait(
@@ -214,8 +242,43 @@ class EmbeddedBackend:
         return np.concatenate(results, axis=0) if results else np.zeros((0, num_classes), np.float32)
 
 
-def _run(fn: Any, inputs: dict[str, Any]) -> npt.NDArray[np.float32]:
+def _run(
+    fn: Any, inputs: dict[str, Any], model: ModelInfo, output: str | None = None
+) -> npt.NDArray[np.float32]:
+    """One call of a signature; ``output`` defaults to the model's ``serving_default`` output."""
     import tensorflow as tf  # noqa: PLC0415
 
-    out = fn(**{k: tf.constant(v) for k, v in inputs.items()})[contract.OUTPUT]
-    return np.asarray(out.numpy(), dtype=np.float32)
+    out = fn(**{k: tf.constant(v) for k, v in inputs.items()})[output or model.serving_output]
+    try:
+        return signature.check_scores(model, out.numpy())
+    except signature.ContractError as exc:
+        raise BackendError(str(exc)) from exc
+
+
+def _specs(tensors: Any, name: str, version: int) -> list[signature.TensorSpec]:
+    """A loaded signature's inputs or outputs (``{key: tf.TensorSpec}``) in plain terms."""
+    if not isinstance(tensors, dict):
+        # Signatures key their tensors by name; anything else is not a servable signature.
+        raise signature.ContractError(
+            f"model {name} version {version}: {contract.SERVING_SIGNATURE!r} has unnamed tensors"
+        )
+    return [
+        signature.TensorSpec(
+            str(key),
+            spec.dtype.name,
+            None if spec.shape.rank is None else tuple(spec.shape.as_list()),
+        )
+        for key, spec in tensors.items()
+    ]
+
+
+def _card(saved: Any, path: Path, name: str, version: int) -> signature.CardSource | None:
+    """The model's card: its ``model_card`` signature, else ``assets.extra/model_card.json``, else none."""
+    if contract.CARD_SIGNATURE in saved.signatures:
+        raw = saved.signatures[contract.CARD_SIGNATURE]()[contract.CARD_OUTPUT].numpy()
+        where = f"the {contract.CARD_SIGNATURE!r} signature"
+        return signature.card_from_json(name, version, raw, where, is_signature=True)
+    card_file = path / contract.CARD_FILE
+    if card_file.is_file():
+        return signature.card_from_json(name, version, card_file.read_bytes(), contract.CARD_FILE)
+    return None

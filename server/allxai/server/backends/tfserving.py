@@ -4,7 +4,9 @@ What it does that a plain stub does not:
 
 - learns each model's versions, signatures, classes and input size from ``GetModelStatus``,
   ``GetModelMetadata`` and the model's own ``model_card`` signature, and re-reads them when a version
-  label may have moved (canary promotions) after ``metadata_ttl`` seconds;
+  label may have moved (canary promotions) after ``metadata_ttl`` seconds; a model with only
+  ``serving_default`` gets its input size and tensor names from the signature and its class names
+  from ``class_names`` (the ``ALLXAI_CLASS_NAMES`` setting) or ``class_0 ..`` (see :mod:`.signature`);
 - pins every request to the exact version it resolved, so one explanation never mixes versions;
 - cuts images into batches of at most ``batch_size`` and sends them together; explanation batches
   share ``max_in_flight`` slots so they cannot crowd out Classify, which the gateway bounds by its
@@ -19,7 +21,6 @@ from __future__ import annotations
 
 import asyncio
 import importlib
-import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -29,6 +30,7 @@ import grpc
 import numpy as np
 import numpy.typing as npt
 
+from allxai.server.backends import signature
 from allxai.server.backends.base import Lane, ModelInfo, ModelSpec
 from allxai.server.backends.tfserving_rpc import (
     T,
@@ -37,7 +39,8 @@ from allxai.server.backends.tfserving_rpc import (
     fill_model_spec,
     left,
     open_channel,
-    signature_names,
+    signature_defs,
+    tensor_specs,
     to_array,
 )
 from allxai.server.errors import (
@@ -69,6 +72,7 @@ class TFServingBackend:
         max_message_bytes: int = 64 * 1024 * 1024,
         metadata_ttl: float = 10.0,
         start_poll_seconds: float = 0.5,
+        class_names: dict[str, list[str]] | None = None,
     ) -> None:
         if not models:
             raise ValueError("name the models TensorFlow Serving serves (ALLXAI_TFSERVING_MODELS)")
@@ -84,6 +88,7 @@ class TFServingBackend:
         self._max_message_bytes = max_message_bytes
         self._metadata_ttl = metadata_ttl
         self._poll = start_poll_seconds
+        self._class_names = class_names or {}
         # Explanation batches share these slots; Classify calls never wait for them.
         self._bulk_slots = asyncio.Semaphore(max_in_flight)
         self._channel: grpc.aio.Channel | None = None
@@ -91,7 +96,7 @@ class TFServingBackend:
         self._model_stub: Any = None
         self._resolved: dict[tuple[str, int | None, str | None], tuple[float, ModelInfo]] = {}
         self._refreshing: dict[tuple[str, int | None, str | None], asyncio.Lock] = {}
-        self._cards: dict[tuple[str, int], dict[str, Any]] = {}
+        self._cards: dict[tuple[str, int], signature.CardSource] = {}
         self._closed = False
 
     # --- life cycle ---------------------------------------------------------------------------
@@ -190,31 +195,47 @@ class TFServingBackend:
                 raise ModelNotFound(f"model {name!r} has no version label {spec.version_label!r}") from exc
             raise
         version = int(response.model_spec.version.value)
-        signatures = signature_names(response)
-        if contract.SERVING_SIGNATURE not in signatures or contract.CARD_SIGNATURE not in signatures:
+        signatures = signature_defs(response)
+        if contract.SERVING_SIGNATURE not in signatures:
+            found = ", ".join(sorted(signatures)) or "none"
             raise BackendError(
-                f"model {name} version {version} lacks the {contract.SERVING_SIGNATURE!r} or "
-                f"{contract.CARD_SIGNATURE!r} signature; export it with `allxai export`"
+                f"model {name} version {version} has no {contract.SERVING_SIGNATURE!r} signature "
+                f"(it has: {found})"
             )
-        card = self._cards.get((name, version))
-        if card is None:
-            card = await self._read_card(name, version, deadline)
-            self._cards[(name, version)] = card
         versions = await self._available_versions(name, timeout=left(deadline))
-        return ModelInfo.from_card(
-            name, version, card, contract.COMPOSE_SIGNATURE in signatures, tuple(versions)
-        )
+        serving = signatures[contract.SERVING_SIGNATURE]
+        try:
+            has_card = contract.CARD_SIGNATURE in signatures
+            card = await self._read_card(name, version, deadline) if has_card else None
+            return signature.derive_model_info(
+                name,
+                version,
+                tensor_specs(serving.inputs),
+                tensor_specs(serving.outputs),
+                card=card,
+                configured_names=self._class_names.get(name),
+                has_composition=contract.COMPOSE_SIGNATURE in signatures,
+                available_versions=tuple(versions),
+            )
+        except signature.ContractError as exc:
+            raise BackendError(str(exc)) from exc
 
-    async def _read_card(self, name: str, version: int, deadline: float) -> dict[str, Any]:
+    async def _read_card(self, name: str, version: int, deadline: float) -> signature.CardSource:
+        """The ``model_card`` signature's card, read once per version (a version never changes)."""
         from tensorflow_serving.apis import predict_pb2  # noqa: PLC0415
 
+        cached = self._cards.get((name, version))
+        if cached is not None:
+            return cached
         request = predict_pb2.PredictRequest()
         fill_model_spec(request.model_spec, name, version, None, contract.CARD_SIGNATURE)
         response = await self._call(
             lambda t: self._predict_stub.Predict(request, timeout=t), left(deadline), f"model card of {name}"
         )
         raw = to_array(response.outputs[contract.CARD_OUTPUT])
-        card: dict[str, Any] = json.loads(bytes(raw.reshape(-1)[0]).decode())
+        where = f"the {contract.CARD_SIGNATURE!r} signature"
+        card = signature.card_from_json(name, version, bytes(raw.reshape(-1)[0]), where, is_signature=True)
+        self._cards[(name, version)] = card
         return card
 
     async def _available_versions(self, name: str, timeout: float | None) -> list[int]:
@@ -239,10 +260,12 @@ class TFServingBackend:
     ) -> npt.NDArray[np.float32]:
         """Probabilities for ``images``, in batches of at most ``batch_size`` sent together."""
         calls = [
-            {contract.SERVING_INPUT: images[i : i + self._batch_size]}
+            {model.serving_input: images[i : i + self._batch_size]}
             for i in range(0, len(images), self._batch_size)
         ]
-        return await self._predict_all(model, contract.SERVING_SIGNATURE, calls, timeout, lane)
+        return await self._predict_all(
+            model, contract.SERVING_SIGNATURE, model.serving_output, calls, timeout, lane
+        )
 
     async def predict_composed(
         self,
@@ -262,12 +285,15 @@ class TFServingBackend:
         calls: list[dict[str, npt.NDArray[Any]]] = [
             {"image": image, "fill": fill, "segments": segments, "masks": masks}
         ]
-        return await self._predict_all(model, contract.COMPOSE_SIGNATURE, calls, timeout, lane)
+        return await self._predict_all(
+            model, contract.COMPOSE_SIGNATURE, contract.OUTPUT, calls, timeout, lane
+        )
 
     async def _predict_all(
         self,
         model: ModelInfo,
-        signature: str,
+        signature_name: str,
+        output: str,
         calls: list[dict[str, npt.NDArray[Any]]],
         timeout: float | None,
         lane: Lane,
@@ -276,14 +302,15 @@ class TFServingBackend:
             return np.zeros((0, len(model.class_names)), np.float32)
         deadline = time.monotonic() + (self._timeout if timeout is None else timeout)
         parts = await asyncio.gather(
-            *(self._predict_one(model, signature, inputs, deadline, lane) for inputs in calls)
+            *(self._predict_one(model, signature_name, output, inputs, deadline, lane) for inputs in calls)
         )
         return np.concatenate(parts, axis=0)
 
     async def _predict_one(
         self,
         model: ModelInfo,
-        signature: str,
+        signature_name: str,
+        output: str,
         inputs: dict[str, npt.NDArray[Any]],
         deadline: float,
         lane: Lane,
@@ -291,8 +318,8 @@ class TFServingBackend:
         import tensorflow as tf  # noqa: PLC0415
         from tensorflow_serving.apis import predict_pb2  # noqa: PLC0415
 
-        request = predict_pb2.PredictRequest(output_filter=[contract.OUTPUT])
-        fill_model_spec(request.model_spec, model.name, model.version, None, signature)
+        request = predict_pb2.PredictRequest(output_filter=[output])
+        fill_model_spec(request.model_spec, model.name, model.version, None, signature_name)
         for key, value in inputs.items():
             request.inputs[key].CopyFrom(tf.make_tensor_proto(value))
         what = f"{model.name} version {model.version}"
@@ -303,7 +330,12 @@ class TFServingBackend:
                 max(0.0, deadline - time.monotonic()),
                 what,
             )
-            return np.asarray(to_array(response.outputs[contract.OUTPUT]), dtype=np.float32)
+            if output not in response.outputs:
+                raise BackendError(f"{what}: TensorFlow Serving's answer has no output {output!r}")
+            try:
+                return signature.check_scores(model, to_array(response.outputs[output]))
+            except signature.ContractError as exc:
+                raise BackendError(str(exc)) from exc
 
         if lane == "interactive":
             return await send()

@@ -16,6 +16,7 @@ import grpc
 import numpy as np
 import numpy.typing as npt
 
+from allxai.server.backends.signature import TensorSpec
 from allxai.server.errors import (
     AllxaiError,
     BackendError,
@@ -146,15 +147,35 @@ def read_file(path: Path | None) -> bytes | None:
     return None if path is None else path.read_bytes()
 
 
-def signature_names(response: Any) -> set[str]:
+def signature_defs(response: Any) -> dict[str, Any]:
+    """The ``SignatureDef`` of each signature in a ``GetModelMetadataResponse``, by name."""
     from tensorflow_serving.apis import get_model_metadata_pb2  # noqa: PLC0415
 
     packed = response.metadata.get("signature_def")
     if packed is None:
-        return set()
+        return {}
     signatures = get_model_metadata_pb2.SignatureDefMap()
     packed.Unpack(signatures)
-    return set(signatures.signature_def.keys())
+    return dict(signatures.signature_def)
+
+
+def tensor_specs(tensors: Any) -> list[TensorSpec]:
+    """A ``SignatureDef``'s ``inputs`` or ``outputs`` (``TensorInfo`` by key) in plain terms."""
+    import tensorflow as tf  # noqa: PLC0415
+
+    specs = []
+    for key, info in tensors.items():
+        try:
+            dtype = tf.dtypes.as_dtype(info.dtype).name
+        except TypeError:
+            dtype = f"DataType {info.dtype}"
+        encoding = info.WhichOneof("encoding")
+        if encoding not in (None, "name"):
+            dtype = f"{encoding} {dtype}"  # sparse or composite: not a dense image or score tensor
+        shape = info.tensor_shape
+        dims = None if shape.unknown_rank else tuple(None if d.size < 0 else int(d.size) for d in shape.dim)
+        specs.append(TensorSpec(str(key), dtype, dims))
+    return specs
 
 
 def to_array(tensor: Any) -> npt.NDArray[Any]:

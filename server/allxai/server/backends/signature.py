@@ -1,0 +1,267 @@
+"""What a model's ``serving_default`` signature and its card (if any) tell the gateway.
+
+Both backends describe the signature's tensors in the plain terms of :class:`TensorSpec` (the
+embedded backend from the loaded function, TensorFlow Serving's from ``GetModelMetadata``) and call
+:func:`derive_model_info`, so the rules below are written once:
+
+- ``serving_default`` takes one uint8 image tensor ``[N, H, W, 3]`` and gives one floating-point
+  tensor ``[N, C]`` (with several outputs, the one named ``probabilities`` is taken); the tensors may
+  have any names, and the backends send and read them by the names found here;
+- the input size comes from the card, else from the signature's static ``H`` and ``W``;
+- the class names come from the card (the ``model_card`` signature, or the embedded backend's
+  ``assets.extra/model_card.json``), else from the ``ALLXAI_CLASS_NAMES`` setting, else
+  ``class_0 .. class_{C-1}``; for a model without the ``model_card`` signature, the card the gateway
+  returns says where each came from under ``"source"``.
+
+Anything else is a :class:`ContractError` naming the model and what is wrong.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from allxai.server.backends.base import ModelInfo
+from allxai.trainer import contract
+from allxai.trainer.preprocessing import DESCRIPTION as PREPROCESSING
+
+log = logging.getLogger(__name__)
+
+#: Where class names for models without a card are configured (for messages and the card's source).
+CLASS_NAMES_SETTING = "ALLXAI_CLASS_NAMES"
+_FLOATS = frozenset({"float16", "bfloat16", "float32", "float64"})
+
+
+class ContractError(ValueError):
+    """A model the gateway cannot serve: its signature or card breaks the model contract."""
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One tensor of a signature: its key, TensorFlow's dtype name, and its shape.
+
+    ``shape`` is ``None`` when even the rank is unknown; unknown sizes within it are ``None``.
+    """
+
+    key: str
+    dtype: str
+    shape: tuple[int | None, ...] | None
+
+
+@dataclass(frozen=True)
+class CardSource:
+    """A model card the backend found, and where (for messages and the card's ``source``)."""
+
+    card: Any
+    where: str
+    #: True for the ``model_card`` signature of our own exports: their card is returned unchanged.
+    is_signature: bool = False
+
+
+def derive_model_info(
+    name: str,
+    version: int,
+    inputs: Sequence[TensorSpec],
+    outputs: Sequence[TensorSpec],
+    *,
+    card: CardSource | None,
+    configured_names: Sequence[str] | None,
+    has_composition: bool,
+    available_versions: tuple[int, ...],
+) -> ModelInfo:
+    """The :class:`ModelInfo` of ``serving_default``'s tensors and the card, or :class:`ContractError`."""
+    what = f"model {name} version {version}"
+    image = _image_input(what, inputs)
+    scores = _score_output(what, outputs)
+    own = _checked_card(what, card)
+    classes = scores.shape[1] if scores.shape is not None else None
+    size, size_from = _input_size(what, image, own, card)
+    names, names_from = _class_names(what, classes, own, card, configured_names)
+    normal = own.get("normal_class_names", [])
+    if not (isinstance(normal, list) and all(isinstance(n, str) and n in names for n in normal)):
+        # Otherwise a specimen's blast count would quietly count every cell.
+        raise ContractError(
+            f"{what}: the model card's normal_class_names {normal!r} must list some of its classes "
+            f"({', '.join(names)})"
+        )
+    if card is not None and card.is_signature:
+        # Our own exports: the card as it was written (the signature matched it above).
+        result = dict(own)
+    else:
+        result = {
+            **own,
+            "class_names": list(names),
+            "input_size": list(size),
+            "preprocessing": own.get("preprocessing", PREPROCESSING),
+            "source": {
+                "card": card.where if card is not None else "none",
+                "class_names": names_from,
+                "input_size": size_from,
+            },
+            "signature": {"input": image.key, "output": scores.key},
+        }
+    info = ModelInfo.from_card(name, version, result, has_composition, available_versions)
+    # The tensors go by the names the signature gives them, whatever the card says.
+    return replace(info, serving_input=image.key, serving_output=scores.key)
+
+
+def card_from_json(
+    name: str, version: int, raw: str | bytes, where: str, *, is_signature: bool = False
+) -> CardSource:
+    """A card read from JSON text; bad JSON is a :class:`ContractError` naming the model and ``where``."""
+    try:
+        return CardSource(json.loads(raw), where, is_signature)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ContractError(
+            f"model {name} version {version}: the model card ({where}) is not valid JSON: {exc}"
+        ) from exc
+
+
+def check_scores(model: ModelInfo, scores: npt.NDArray[Any]) -> npt.NDArray[np.float32]:
+    """The model's answer as float32 ``[N, C]``, or :class:`ContractError` when it has another shape.
+
+    Needed where the signature left ``C`` open and the class names came from elsewhere.
+    """
+    classes = len(model.class_names)
+    if scores.ndim != 2 or scores.shape[1] != classes:
+        raise ContractError(
+            f"model {model.name} version {model.version} answered with shape {list(scores.shape)}, "
+            f"not [N, {classes}] for its {classes} classes"
+        )
+    return np.asarray(scores, dtype=np.float32)
+
+
+def _image_input(what: str, inputs: Sequence[TensorSpec]) -> TensorSpec:
+    if len(inputs) != 1:
+        keys = ", ".join(sorted(t.key for t in inputs)) or "none"
+        raise ContractError(
+            f"{what}: {contract.SERVING_SIGNATURE!r} must take exactly one input, uint8 images "
+            f"[N, H, W, 3]; it takes {len(inputs)} ({keys})"
+        )
+    (image,) = inputs
+    ok_rank = image.shape is not None and len(image.shape) == 4
+    if image.dtype != "uint8" or not ok_rank or image.shape is None or image.shape[3] not in (3, None):
+        raise ContractError(
+            f"{what}: {contract.SERVING_SIGNATURE!r} must take uint8 images [N, H, W, 3] (scaling "
+            f"belongs inside the graph); its input {image.key!r} is {image.dtype} {_shape(image.shape)}"
+        )
+    return image
+
+
+def _score_output(what: str, outputs: Sequence[TensorSpec]) -> TensorSpec:
+    by_key = {t.key: t for t in outputs}
+    if len(outputs) == 1:
+        (scores,) = outputs
+    elif contract.OUTPUT in by_key:
+        scores = by_key[contract.OUTPUT]
+    else:
+        keys = ", ".join(sorted(by_key)) or "none"
+        raise ContractError(
+            f"{what}: {contract.SERVING_SIGNATURE!r} must give exactly one output, class scores "
+            f"[N, C] (or one named {contract.OUTPUT!r}); it gives {len(outputs)} ({keys})"
+        )
+    if scores.dtype not in _FLOATS or scores.shape is None or len(scores.shape) != 2:
+        raise ContractError(
+            f"{what}: {contract.SERVING_SIGNATURE!r} must give floating-point class scores [N, C]; "
+            f"its output {scores.key!r} is {scores.dtype} {_shape(scores.shape)}"
+        )
+    if scores.shape[1] is not None and scores.shape[1] < 1:
+        raise ContractError(f"{what}: its output {scores.key!r} has no classes ({_shape(scores.shape)})")
+    return scores
+
+
+def _checked_card(what: str, card: CardSource | None) -> dict[str, Any]:
+    if card is None:
+        return {}
+    own = card.card
+    if not isinstance(own, dict):
+        raise ContractError(f"{what}: the model card ({card.where}) is not a JSON object")
+    names = own.get("class_names")
+    if names is not None:
+        _check_names(what, names, f"the model card ({card.where})")
+    size = own.get("input_size")
+    if size is not None and not (
+        isinstance(size, list)
+        and len(size) == 2
+        and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size)
+    ):
+        raise ContractError(
+            f"{what}: the model card ({card.where}) gives input_size {size!r}; expected [height, width]"
+        )
+    if card.is_signature and (names is None or size is None):
+        raise ContractError(
+            f"{what}: its {contract.CARD_SIGNATURE!r} signature gives a card without class_names "
+            "or input_size"
+        )
+    return own
+
+
+def _check_names(what: str, names: Any, where: str) -> None:
+    if not (isinstance(names, list) and names and all(isinstance(n, str) and n.strip() for n in names)):
+        raise ContractError(f"{what}: {where} must give class_names as a list of non-empty strings")
+    if len(set(names)) != len(names):
+        twice = sorted({n for n in names if names.count(n) > 1})
+        raise ContractError(f"{what}: {where} names a class twice ({', '.join(twice)})")
+
+
+def _input_size(
+    what: str, image: TensorSpec, own: Mapping[str, Any], card: CardSource | None
+) -> tuple[tuple[int, int], str]:
+    assert image.shape is not None  # checked by _image_input
+    height, width = image.shape[1], image.shape[2]
+    if "input_size" in own:
+        size = (int(own["input_size"][0]), int(own["input_size"][1]))
+        if (height is not None and height != size[0]) or (width is not None and width != size[1]):
+            raise ContractError(
+                f"{what}: the model card ({card.where if card else ''}) gives input size "
+                f"{size[0]}x{size[1]}, but {contract.SERVING_SIGNATURE!r} takes {_shape(image.shape)}"
+            )
+        return size, card.where if card is not None else ""
+    if height is None or width is None:
+        raise ContractError(
+            f"{what}: {contract.SERVING_SIGNATURE!r} leaves the input size open "
+            f"({image.key!r} is {_shape(image.shape)}) and no model card gives it; add "
+            f'{contract.CARD_FILE} with "input_size": [height, width] to the version folder'
+        )
+    return (height, width), f"the {contract.SERVING_SIGNATURE!r} signature"
+
+
+def _class_names(
+    what: str,
+    classes: int | None,
+    own: Mapping[str, Any],
+    card: CardSource | None,
+    configured: Sequence[str] | None,
+) -> tuple[list[str], str]:
+    if "class_names" in own:
+        names, source = list(own["class_names"]), card.where if card is not None else ""
+        if configured:
+            log.warning("%s: its card names the classes; %s for it is ignored", what, CLASS_NAMES_SETTING)
+    elif configured:
+        names, source = list(configured), f"the setting {CLASS_NAMES_SETTING}"
+        _check_names(what, names, source)
+    elif classes is not None:
+        names, source = [f"class_{i}" for i in range(classes)], "generic (no card and no setting)"
+    else:
+        raise ContractError(
+            f"{what}: {contract.SERVING_SIGNATURE!r} leaves the number of classes open and nothing "
+            f"names them; set {CLASS_NAMES_SETTING} for this model"
+        )
+    if classes is not None and len(names) != classes:
+        raise ContractError(
+            f"{what}: {source} gives {len(names)} class names, but the model gives scores for "
+            f"{classes} classes"
+        )
+    return names, source
+
+
+def _shape(shape: tuple[int | None, ...] | None) -> str:
+    if shape is None:
+        return "of unknown rank"
+    return "[" + ", ".join("?" if d is None else str(d) for d in shape) + "]"
