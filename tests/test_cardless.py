@@ -144,9 +144,12 @@ async def test_a_cardless_model_classifies_and_explains(kind: str, foreign: Path
         np.testing.assert_allclose(scores, expected, atol=1e-5)
         assert reply.classification.label == generic[int(np.argmax(expected))]
 
+        # No class is known to be normal, so a blast fraction would count every cell: refused.
         images = [pb.Image(data=png, image_id=str(i)) for i in range(3)]
-        specimen = await stub.ClassifySpecimen(pb.ClassifySpecimenRequest(images=images), timeout=10)
-        assert len(specimen.cells) == 3 and sum(c.count for c in specimen.summary.counts) == 3
+        with pytest.raises(grpc.aio.AioRpcError) as no_normal:
+            await stub.ClassifySpecimen(pb.ClassifySpecimenRequest(images=images), timeout=10)
+        assert no_normal.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "names no normal class" in (no_normal.value.details() or "")
 
         # Explain: no compose signature, so the gateway builds the perturbed images itself.
         options = pb.ExplainOptions(
@@ -177,6 +180,13 @@ async def test_a_cardless_model_classifies_and_explains(kind: str, foreign: Path
         assert card["source"]["class_names"] == "the setting ALLXAI_CLASS_NAMES"
         reply = await stub.Classify(pb.ClassifyRequest(image=pb.Image(data=png)), timeout=10)
         assert reply.classification.label == names[int(np.argmax(expected))]
+        # "normal" is normal by the trainer's rule, so a specimen has a blast fraction.
+        images = [pb.Image(data=png, image_id=str(i)) for i in range(3)]
+        specimen = await stub.ClassifySpecimen(pb.ClassifySpecimenRequest(images=images), timeout=10)
+        assert len(specimen.cells) == 3 and sum(c.count for c in specimen.summary.counts) == 3
+        assert info.normal_class_names == ["normal"]
+        normal_share = 1.0 if reply.classification.label == "normal" else 0.0
+        assert specimen.summary.blast_fraction == pytest.approx(1.0 - normal_share)
 
 
 async def test_embedded_names_from_the_card_file_win(foreign: Path, cell: np.ndarray, tmp_path: Path) -> None:

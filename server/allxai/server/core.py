@@ -16,7 +16,7 @@ import numpy.typing as npt
 
 from allxai.server.admission import Admission
 from allxai.server.backends.base import Backend, ModelInfo, ModelSpec
-from allxai.server.errors import InvalidInput
+from allxai.server.errors import FailedPrecondition, InvalidInput
 from allxai.server.metrics import Metrics
 from allxai.server.outcomes import (
     Classification,
@@ -97,6 +97,13 @@ class Diagnosis:
         started = time.perf_counter()
         deadline = _deadline(timeout)
         model = await self._backend.resolve(spec, _left(deadline))
+        if not model.normal_class_names:
+            # Every cell would count as a blast: a number no one should read.
+            raise FailedPrecondition(
+                f"model {model.name!r} names no normal class, so a specimen's blast fraction has no "
+                "meaning; give its class names with ALLXAI_CLASS_NAMES (a class named Benign, hem or "
+                "normal is normal) or in its model card's normal_class_names"
+            )
         prepared = [await self._prepare(data, model, f"images[{i}].data") for i, data in enumerate(images)]
         t_prep = time.perf_counter()
         probs = await self._backend.predict(model, np.stack(prepared), _left(deadline))

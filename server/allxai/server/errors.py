@@ -38,6 +38,12 @@ class InvalidInput(AllxaiError):
         self.violations = [FieldViolation(field, description)]
 
 
+class FailedPrecondition(AllxaiError):
+    """The model cannot answer this question as it is set up."""
+
+    code = grpc.StatusCode.FAILED_PRECONDITION
+
+
 class ModelNotFound(AllxaiError):
     """No such model, version or label."""
 

@@ -20,3 +20,6 @@ CARD_OUTPUT = "model_card"
 OUTPUT = "probabilities"
 CARD_FILE = "assets.extra/model_card.json"
 WARMUP_FILE = "assets.extra/tf_serving_warmup_requests"
+#: Classes that are not leukaemic (Aria's hematogones, C-NMC's normal cells): a specimen's blast
+#: fraction counts every other class.
+NORMAL_CLASS_NAMES = frozenset({"Benign", "hem", "normal"})

@@ -20,11 +20,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from allxai.trainer import contract
 from allxai.trainer.neardup import WINDOW, join_near_duplicate_groups
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
 ARIA_CLASSES = ("Benign", "Early", "Pre", "Pro")
-NORMAL_CLASSES = frozenset({"Benign", "hem", "normal"})
+NORMAL_CLASSES = contract.NORMAL_CLASS_NAMES
 Layout = Literal["auto", "cnmc", "aria", "folder"]
 Task = Literal["native", "binary"]
 

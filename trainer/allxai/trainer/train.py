@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from allxai.trainer import preprocessing
+from allxai.trainer import contract, preprocessing
 from allxai.trainer.config import TrainConfig
 from allxai.trainer.datasets import DatasetIndex, Sample, check_trainable, index_dataset
 from allxai.trainer.fit import balanced_class_weights
@@ -221,7 +221,7 @@ def _card(
         "architecture": config.arch,
         "class_names": names,
         "display_names": {c: DISPLAY_NAMES[c] for c in names if c in DISPLAY_NAMES},
-        "normal_class_names": [c for c in names if c in ("Benign", "hem", "normal")],
+        "normal_class_names": [c for c in names if c in contract.NORMAL_CLASS_NAMES],
         "input_size": [config.input_size, config.input_size],
         "preprocessing": preprocessing.DESCRIPTION,
         "data": {k: v for k, v in dataset.items() if k not in _LONG_LISTS},

@@ -83,7 +83,8 @@ def derive_model_info(
     classes = scores.shape[1] if scores.shape is not None else None
     size, size_from = _input_size(what, image, own, card)
     names, names_from = _class_names(what, classes, own, card, configured_names)
-    normal = own.get("normal_class_names", [])
+    # Without a card's word, the trainer's rule: a class named Benign, hem or normal is normal.
+    normal = own.get("normal_class_names", [n for n in names if n in contract.NORMAL_CLASS_NAMES])
     if not (isinstance(normal, list) and all(isinstance(n, str) and n in names for n in normal)):
         # Otherwise a specimen's blast count would quietly count every cell.
         raise ContractError(
@@ -97,6 +98,7 @@ def derive_model_info(
         result = {
             **own,
             "class_names": list(names),
+            "normal_class_names": list(normal),
             "input_size": list(size),
             "preprocessing": own.get("preprocessing", PREPROCESSING),
             "source": {
