@@ -68,7 +68,7 @@ def test_health_then_sigterm_drains_in_flight_work(model_base: Path, cell_png: b
             assert seen[-1] == health_pb2.HealthCheckResponse.SERVING
 
             stub = pb_grpc.DiagnosisServiceStub(channel)
-            options = pb.ExplainOptions(num_samples=3000, batch_size=100, seed=1)
+            options = pb.ExplainOptions(num_samples=3000, batch_size=64, seed=1)
             request = pb.StreamExplainRequest(
                 request=pb.ExplainRequest(image=pb.Image(data=cell_png), options=options)
             )
