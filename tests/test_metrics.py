@@ -305,6 +305,27 @@ def test_write_comparison(tmp_path: Path) -> None:
     assert 300 <= width <= 2000 and 200 <= height <= 1500
 
 
+def test_comparison_shows_the_held_out_test_beside_the_folds(tmp_path: Path) -> None:
+    from allxai.trainer.reports import comparison_row, write_comparison
+
+    fold = {"mean": 0.98, "sd": 0.01}
+    report = {
+        "config": {"arch": "allnet"},
+        "params": 10,
+        "seconds": 5.0,
+        "folds": [],
+        "summary": {"accuracy": fold, "macro_f1": fold},
+        "test": {"accuracy": 0.951, "macro_f1": 0.945, "weighted_f1": 0.952},
+    }
+    without = {**report, "config": {"arch": "vgg19"}, "test": None}
+    rows = [comparison_row(report), comparison_row(without)]
+    assert rows[0]["test"] == {"accuracy": 0.951, "macro_f1": 0.945} and "test" not in rows[1]
+    markdown = write_comparison(rows, tmp_path)["comparison.md"].read_text()
+    assert "| Test accuracy (%) | Test F1-score (%) |" in markdown
+    assert "| allnet | 98.00 ± 1.00 | \u2014 | \u2014 | 98.00 ± 1.00 | 95.10 | 94.50 | 10 | 5.0 |" in markdown
+    assert "| vgg19 |" in markdown and "lean optimistic" in markdown
+
+
 def test_plots_keep_their_old_signatures(tmp_path: Path) -> None:
     from allxai.trainer.plots import plot_confusion, plot_curves
 

@@ -31,6 +31,8 @@ COMPARISON_COLUMNS = (
     ("macro_recall", "Recall (%)"),
     ("macro_f1", "F1-score (%)"),
 )
+#: The held-out test set's scores shown beside the folds' when a run has one.
+TEST_COLUMNS = (("accuracy", "Test accuracy (%)"), ("macro_f1", "Test F1-score (%)"))
 DASH = "\u2014"  # an em dash marks a value that is absent
 
 
@@ -250,12 +252,17 @@ def write_run_report(
 
 def comparison_row(report: Mapping[str, Any]) -> dict[str, Any]:
     """One row of :func:`write_comparison` from a run's ``report.json``."""
-    return {
+    row = {
         "model": str(report["config"]["arch"]),
         "params": int(report.get("params", 0)),
         "seconds": float(report.get("seconds", sum(f.get("seconds", 0.0) for f in report["folds"]))),
         "summary": report["summary"],
     }
+    test = report.get("test")
+    if test:
+        # The held-out test set: the one score no checkpoint or epoch was chosen on.
+        row["test"] = {key: test[key] for key, _ in TEST_COLUMNS if key in test}
+    return row
 
 
 def write_comparison(rows: Sequence[Mapping[str, Any]], folder: Path) -> dict[str, Path]:
@@ -266,21 +273,40 @@ def write_comparison(rows: Sequence[Mapping[str, Any]], folder: Path) -> dict[st
     fractions; the table shows them in % as mean ± sd over folds. Returns file name -> path.
     """
     folder.mkdir(parents=True, exist_ok=True)
-    header = ["Model", *(title for _, title in COMPARISON_COLUMNS), "Parameters", "Train time (s)"]
+    with_test = any(row.get("test") for row in rows)
+    test_titles = [title for _, title in TEST_COLUMNS] if with_test else []
+    header = [
+        "Model",
+        *(title for _, title in COMPARISON_COLUMNS),
+        *test_titles,
+        "Parameters",
+        "Train time (s)",
+    ]
     table = []
     for row in rows:
-        summary = row.get("summary", {})
+        summary, test = row.get("summary", {}), row.get("test") or {}
         params, seconds = row.get("params"), row.get("seconds")
         table.append(
             [
                 _cell(row["model"]),
                 *(_mean_sd(summary.get(key)) for key, _ in COMPARISON_COLUMNS),
+                *(
+                    (f"{100 * float(test[key]):.2f}" if key in test else DASH for key, _ in TEST_COLUMNS)
+                    if with_test
+                    else ()
+                ),
                 f"{int(params):,}" if params is not None else DASH,
                 f"{float(seconds):.1f}" if seconds is not None else DASH,
             ]
         )
     lines = ["# Comparison of architectures", "", *_table(header, table), ""]
-    lines += ["Mean ± sd over cross-validation folds; precision, recall and F1 are macro averages.", ""]
+    lines += [
+        "Mean ± sd over cross-validation folds; precision, recall and F1 are macro averages. Each fold's "
+        "validation set also chose its checkpoint (best epoch, early stopping, learning-rate steps), so "
+        "those scores lean optimistic"
+        + ("; the test columns are the held-out set, which chose nothing." if with_test else "."),
+        "",
+    ]
     lines += ["![Accuracy by architecture](comparison.png)", ""]
     written = {name: folder / name for name in ("comparison.md", "comparison.json", "comparison.png")}
     written["comparison.md"].write_text("\n".join(lines).rstrip() + "\n")
