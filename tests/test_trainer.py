@@ -147,13 +147,22 @@ def test_warmup_records_are_prediction_logs_tf_serving_can_replay(model_base: Pa
     logs = [
         prediction_log_pb2.PredictionLog.FromString(r.numpy()) for r in tf.data.TFRecordDataset(str(path))
     ]
-    assert [log.predict_log.request.model_spec.name for log in logs] == ["allnet", "allnet"]
-    shapes = []
-    for log in logs:
-        tensor = log.predict_log.request.inputs[contract.SERVING_INPUT]
-        assert tensor.dtype == tf.uint8.as_datatype_enum
-        shapes.append([d.size for d in tensor.tensor_shape.dim])
+    requests = [log.predict_log.request for log in logs]
+    assert {r.model_spec.name for r in requests} == {"allnet"}
+    assert [r.model_spec.signature_name for r in requests] == [
+        contract.SERVING_SIGNATURE,
+        contract.SERVING_SIGNATURE,
+        contract.COMPOSE_SIGNATURE,
+    ]
+    shapes = [[d.size for d in r.inputs[contract.SERVING_INPUT].tensor_shape.dim] for r in requests[:2]]
     assert shapes == [[1, INPUT_SIZE, INPUT_SIZE, 3], [8, INPUT_SIZE, INPUT_SIZE, 3]]
+    # Replayed as TensorFlow Serving replays them: every record runs on its signature and answers.
+    loaded = tf.saved_model.load(str(model_base / "allnet" / "1"))
+    for request in requests:
+        inputs = {k: tf.constant(tf.make_ndarray(v)) for k, v in request.inputs.items()}
+        out = loaded.signatures[request.model_spec.signature_name](**inputs)[contract.OUTPUT].numpy()
+        rows = len(inputs.get(contract.SERVING_INPUT, inputs.get("masks")))
+        assert out.shape[0] == rows and np.isfinite(out).all()
 
 
 def test_export_a_checkpoint(tmp_path: Path) -> None:

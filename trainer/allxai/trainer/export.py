@@ -146,18 +146,33 @@ def write_warmup_requests(
     path: Path, model_name: str, input_size: tuple[int, int], batch_sizes: tuple[int, ...] = (1, 8)
 ) -> None:
     """TensorFlow Serving warm-up records: PredictionLogs it replays before reporting AVAILABLE,
-    so the first real request does not pay for graph initialisation."""
+    so the first real request does not pay for graph initialisation: ``serving_default`` at each
+    of ``batch_sizes``, and ``compose`` (the first explanation's signature) with 8 masks over a
+    two-superpixel segment map."""
     from tensorflow_serving.apis import model_pb2, predict_pb2, prediction_log_pb2  # noqa: PLC0415
 
     height, width = input_size
+    segments = np.zeros((height, width), np.int32)
+    segments[:, width // 2 :] = 1
+    requests: list[tuple[str, dict[str, np.ndarray[Any, Any]]]] = [
+        (contract.SERVING_SIGNATURE, {contract.SERVING_INPUT: np.zeros((batch, height, width, 3), np.uint8)})
+        for batch in batch_sizes
+    ]
+    image = np.zeros((height, width, 3), np.uint8)
+    masks = np.random.default_rng(0).integers(0, 2, (8, 2)).astype(np.uint8)
+    requests.append(
+        (
+            contract.COMPOSE_SIGNATURE,
+            dict(zip(contract.COMPOSE_INPUTS, (image, image, segments, masks), strict=True)),
+        )
+    )
     with tf.io.TFRecordWriter(str(path)) as writer:
-        for batch in batch_sizes:
+        for signature, inputs in requests:
             request = predict_pb2.PredictRequest(
-                model_spec=model_pb2.ModelSpec(name=model_name, signature_name=contract.SERVING_SIGNATURE)
+                model_spec=model_pb2.ModelSpec(name=model_name, signature_name=signature)
             )
-            request.inputs[contract.SERVING_INPUT].CopyFrom(
-                tf.make_tensor_proto(np.zeros((batch, height, width, 3), np.uint8))
-            )
+            for key, value in inputs.items():
+                request.inputs[key].CopyFrom(tf.make_tensor_proto(value))
             log = prediction_log_pb2.PredictionLog(predict_log=prediction_log_pb2.PredictLog(request=request))
             writer.write(log.SerializeToString())
 
