@@ -150,14 +150,17 @@ async def explain(
             target = _label(probs_parts[0][0], target)
             if done + len(masks) < settings.min_samples:
                 continue
-            fit = await _in_thread(_fit, masks_parts, probs_parts, target, random_state, settings)
+            so_far_masks, so_far_probs = np.concatenate(masks_parts), np.concatenate(probs_parts)
+            fit = await _in_thread(
+                surrogate.fit, so_far_masks, so_far_probs, target, random_state, settings.num_features
+            )
             current = sorted(top_segments(fit.weights, settings.top_k, settings.positive_only))
             steady = steady + 1 if current == previous else 0
             previous = current
             separated = await _in_thread(
                 surrogate.top_k_separated,
-                np.concatenate(masks_parts),
-                np.concatenate(probs_parts)[:, target],
+                so_far_masks,
+                so_far_probs[:, target],
                 settings.top_k,
                 settings.z,
                 settings.positive_only,
@@ -175,7 +178,7 @@ async def explain(
 
     all_masks = np.concatenate(masks_parts)
     all_probs = np.concatenate(probs_parts)
-    fit = await _in_thread(_fit, masks_parts, probs_parts, target, random_state, settings)
+    fit = await _in_thread(surrogate.fit, all_masks, all_probs, target, random_state, settings.num_features)
     quality = await _in_thread(
         _quality, image, segments, all_masks, all_probs, target, fit, float(probabilities[target]), settings
     )
@@ -267,18 +270,6 @@ class _Batches:
             await asyncio.gather(*tasks, return_exceptions=True)
             raise
         return np.concatenate(parts).astype(np.float32, copy=False)
-
-
-def _fit(
-    masks_parts: list[npt.NDArray[np.int64]],
-    probs_parts: list[Probs],
-    label: int,
-    random_state: np.random.RandomState,
-    settings: Settings,
-) -> surrogate.SurrogateFit:
-    return surrogate.fit(
-        np.concatenate(masks_parts), np.concatenate(probs_parts), label, random_state, settings.num_features
-    )
 
 
 def _quality(
