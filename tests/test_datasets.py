@@ -10,7 +10,8 @@ import pytest
 from PIL import Image
 
 from allxai.trainer.datasets import DatasetError, Sample, check_trainable, detect_layout, index_dataset
-from allxai.trainer.loading import load_samples, near_duplicates, summary
+from allxai.trainer.loading import load_samples, summary
+from allxai.trainer.neardup import near_duplicates
 from allxai.trainer.preprocessing import prepare_image
 from allxai.trainer.splits import group_holdout, group_kfold
 from tests.conftest import png_bytes

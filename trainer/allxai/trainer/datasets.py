@@ -25,7 +25,6 @@ from allxai.trainer.neardup import WINDOW, join_near_duplicate_groups
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})
 ARIA_CLASSES = ("Benign", "Early", "Pre", "Pro")
-NORMAL_CLASSES = contract.NORMAL_CLASS_NAMES
 Layout = Literal["auto", "cnmc", "aria", "folder"]
 Task = Literal["native", "binary"]
 
@@ -232,11 +231,11 @@ def _to_binary(index: DatasetIndex) -> DatasetIndex:
     """ALL against normal: every normal class becomes ``normal``, every other one ``ALL``."""
     if index.class_names == ["all", "hem"]:
         return index
-    normal = {i for i, n in enumerate(index.class_names) if n in NORMAL_CLASSES}
+    normal = {i for i, n in enumerate(index.class_names) if n in contract.NORMAL_CLASS_NAMES}
     if not normal or len(normal) == len(index.class_names):
         raise DatasetError(
-            f"the binary task needs a normal class ({', '.join(sorted(NORMAL_CLASSES))}) and another; "
-            f"classes are {', '.join(index.class_names)}"
+            f"the binary task needs a normal class ({', '.join(sorted(contract.NORMAL_CLASS_NAMES))}) "
+            f"and another; classes are {', '.join(index.class_names)}"
         )
 
     def relabel(samples: list[Sample]) -> list[Sample]:

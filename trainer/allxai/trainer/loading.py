@@ -18,10 +18,7 @@ import numpy.typing as npt
 from PIL import Image
 
 from allxai.trainer.datasets import DatasetIndex, Sample
-from allxai.trainer.neardup import near_duplicates
 from allxai.trainer.preprocessing import ImageError, decode_image, resize_image
-
-__all__ = ["LoadedImages", "load_samples", "near_duplicates", "summary"]
 
 log = logging.getLogger(__name__)
 
