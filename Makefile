@@ -10,8 +10,10 @@ BUF := .tools/node_modules/.bin/buf
 CHECKOV_VERSION := 3.3.30
 CHECKOV := .tools/checkov/bin/checkov
 PROTOS := $(shell find proto -name '*.proto')
+# The folders that each hold a part of the allxai namespace (pyproject.toml maps every package to one).
+SOURCE_ROOTS := proto clients server trainer explainer
 
-.PHONY: demo test lint typecheck proto proto-check buf-lint bench clean setup
+.PHONY: demo test lint typecheck layers proto proto-check buf-lint bench clean setup
 
 setup: $(STAMP) $(BUF) $(CHECKOV)
 
@@ -20,6 +22,10 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@# setuptools' editable finder maps each allxai.* package to its folder but hides the folders from
+	@# tools that walk them (import-linter): name the source roots in a .pth too.
+	printf '%s\n' $(addprefix $(CURDIR)/,$(SOURCE_ROOTS)) \
+	  > "$$($(BIN)/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')/allxai-source-roots.pth"
 	touch $@
 
 $(BUF):
@@ -35,7 +41,7 @@ demo: $(STAMP)
 	$(BIN)/python scripts/demo.py --out results
 
 ## test: lint, type-check and run every test
-test: setup lint typecheck
+test: setup lint typecheck layers
 	$(BIN)/python -m pytest
 
 lint: $(STAMP) $(BUF)
@@ -44,7 +50,12 @@ lint: $(STAMP) $(BUF)
 	$(BUF) lint
 
 typecheck: $(STAMP)
-	$(BIN)/mypy -p allxai.client -p allxai.lis -p allxai.server -p allxai.trainer -p allxai.explainer
+	$(BIN)/mypy -p allxai.contract -p allxai.client -p allxai.loadtest -p allxai.lis -p allxai.server \
+	  -p allxai.trainer -p allxai.explainer
+
+## layers: the import rules between the parts (contracts in pyproject.toml, [tool.importlinter])
+layers: $(STAMP)
+	$(BIN)/lint-imports
 
 ## bench: Explain against lime and the model floor (ALL-Net 224, InceptionV3 299); Classify through the
 ## gateway against the backend alone (concurrency 1 and 16); ~12 min on 2 cores
@@ -55,9 +66,9 @@ bench: $(STAMP)
 ## proto: regenerate the committed Python code from proto/ (grpcio-tools + mypy-protobuf)
 proto: $(STAMP)
 	$(BIN)/python -m grpc_tools.protoc -Iproto \
-	  --python_out=clients --grpc_python_out=clients \
-	  --plugin=protoc-gen-mypy=$(BIN)/protoc-gen-mypy --mypy_out=clients \
-	  --plugin=protoc-gen-mypy_grpc=$(BIN)/protoc-gen-mypy_grpc --mypy_grpc_out=clients \
+	  --python_out=proto --grpc_python_out=proto \
+	  --plugin=protoc-gen-mypy=$(BIN)/protoc-gen-mypy --mypy_out=proto \
+	  --plugin=protoc-gen-mypy_grpc=$(BIN)/protoc-gen-mypy_grpc --mypy_grpc_out=proto \
 	  $(PROTOS)
 
 clean:

@@ -39,13 +39,13 @@ from lime import lime_image
 from PIL import Image
 from tensorflow_serving.apis import predict_pb2
 
-from allxai.explainer.engine import Settings, explain
+from allxai.contract.preprocessing import prepare_image
+from allxai.explainer.engine import ExplainSettings, explain
 from allxai.server.app import Gateway
 from allxai.server.backends.embedded import EmbeddedBackend
 from allxai.server.settings import Settings as GatewaySettings
 from allxai.trainer.export import export_model
 from allxai.trainer.models import build_model
-from allxai.trainer.preprocessing import prepare_image
 from allxai.trainer.synthetic import make_cell_image
 from allxai.v1 import diagnosis_pb2 as pb
 from allxai.v1 import diagnosis_pb2_grpc as pb_grpc
@@ -276,16 +276,16 @@ def adaptive_check(model_dir: Path | None, cells: int) -> dict[str, Any] | None:
     matches, used, overlaps, default_matches, self_matches = [], [], [], [], []
     for i, path in enumerate(paths):
         image = prepare_image(path.read_bytes(), (size, size))
-        reference = asyncio.run(explain(image, Local(), Settings(num_samples=5000, seed=i)))
+        reference = asyncio.run(explain(image, Local(), ExplainSettings(num_samples=5000, seed=i)))
         label = reference.label_index
         adaptive = asyncio.run(
-            explain(image, Local(), Settings(num_samples=1000, seed=i, adaptive=True), label=label)
+            explain(image, Local(), ExplainSettings(num_samples=1000, seed=i, adaptive=True), label=label)
         )
-        default = asyncio.run(explain(image, Local(), Settings(num_samples=1000, seed=i), label=label))
+        default = asyncio.run(explain(image, Local(), ExplainSettings(num_samples=1000, seed=i), label=label))
         # A second reference from another seed: how often 5,000 samples agree with themselves bounds
         # what any method can reach against one reference.
         again = asyncio.run(
-            explain(image, Local(), Settings(num_samples=5000, seed=i + 100_000), label=label)
+            explain(image, Local(), ExplainSettings(num_samples=5000, seed=i + 100_000), label=label)
         )
         truth = set(reference.top_segments)
         self_matches.append(set(again.top_segments) == truth)

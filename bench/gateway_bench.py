@@ -18,7 +18,7 @@ What is compared, over the same untrained ALL-Net SavedModel at 224x224 and the 
   the run prints the best ratio a gateway that did nothing could reach at concurrency 1 (direct's median
   over direct's plus the floor's);
 - with ``--tfserving`` (on by default; ``--no-tfserving`` to skip): the TensorFlow Serving path, with
-  ``tests/tfserving_fake.py`` (TensorFlow Serving's real gRPC protocol over the real SavedModel) as the
+  ``tests/support/tfserving_fake.py`` (TensorFlow Serving's real gRPC protocol over the real SavedModel) as the
   model server: **tfs direct** is decode + one ``PredictRequest`` from this process with the
   tensorflow-serving-api stub, **tfs gateway** is Classify through a gateway with ``backend=tfserving``.
 
@@ -54,10 +54,10 @@ from gateway_measure import MEDIAN_TARGET_MS, THROUGHPUT_TARGET, Call, Mode, mea
 from gateway_procs import LISTENING, ROOT, Child, start_gateway, wait_serving
 from PIL import Image
 
+from allxai.contract.preprocessing import prepare_image
 from allxai.server.app import make_backend
 from allxai.server.backends.base import ModelSpec
 from allxai.server.settings import Settings
-from allxai.trainer.preprocessing import prepare_image
 from allxai.trainer.synthetic import make_cell_image
 from allxai.v1 import diagnosis_pb2 as pb
 from allxai.v1 import diagnosis_pb2_grpc as pb_grpc
@@ -268,7 +268,7 @@ async def run_tfserving(
                 {"client": os.getpid(), "gateway": gateway.pid, "model server": fake.pid},
             ),
         ]
-        print("\n== TensorFlow Serving backend (tests/tfserving_fake.py):", ", ".join(m.name for m in group))
+        print("\n== TensorFlow Serving backend (tests/support/tfserving_fake.py):", ", ".join(m.name for m in group))
         await measure(group, levels, args.rounds, args.warmup, args.seconds)
         await direct_channel.close(None)
         await channel.close(None)

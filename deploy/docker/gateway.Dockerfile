@@ -14,6 +14,7 @@ RUN python -m venv /opt/allxai
 WORKDIR /src
 # Only what the package needs (see .dockerignore); the source roots of the allxai namespace.
 COPY pyproject.toml README.md ./
+COPY proto proto
 COPY clients clients
 COPY server server
 COPY trainer trainer

@@ -12,6 +12,7 @@ ENV PIP_NO_CACHE_DIR=1 \
     PYTHONUNBUFFERED=1
 WORKDIR /opt/allxai
 COPY pyproject.toml README.md ./
+COPY proto proto
 COPY clients clients
 COPY server server
 COPY trainer trainer

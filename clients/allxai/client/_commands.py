@@ -17,8 +17,8 @@ from typing import Any
 from tqdm import tqdm  # type: ignore[import-untyped]
 
 from allxai.client import _output as out
-from allxai.client._files import InputImage, Inputs, expand, output_path
 from allxai.client._results import AllxaiClientError, ModelDescription
+from allxai.client.inputs import InputImage, Inputs, expand, output_path
 from allxai.client.sdk import Client
 
 

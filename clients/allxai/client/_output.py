@@ -10,8 +10,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from allxai.client._files import InputImage
 from allxai.client._results import ClassifyResult, ExplainResult, ModelDescription, SpecimenResult
+from allxai.client.inputs import InputImage
 
 Record = dict[str, Any]
 

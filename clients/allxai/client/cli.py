@@ -6,67 +6,101 @@ and --json-out FILE and --csv-out FILE write them as well. explain writes four p
 (<name>_overlay.png, _mask.png, _heatmap.png, _figure.png). The exit status is 0 when every image
 succeeded, 1 when any failed (each failure on its own line), 2 for a wrong command line.
 
-train, evaluate, export, compare and serve need the train or server extra; loadtest and watch (the LIS
-folder watcher) are loaded only when called; all of them take the same TLS and token options. A bearer
-token comes from --token-file or $ALLXAI_TOKEN. Numbers out of range are refused with a message (status 2).
+The other commands (serve, train, evaluate, export, compare, watch, loadtest) are found among the installed
+parts of allxai and loaded only when called; one whose extra is not installed says how to install it.
+The commands that call a gateway take the same TLS and token options; a bearer token comes from
+--token-file or $ALLXAI_TOKEN. Numbers out of range are refused with a message (status 2).
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
+import re
 import sys
 from collections.abc import Callable, Sequence
+from importlib.metadata import EntryPoint, PackageNotFoundError, distribution, entry_points
 from pathlib import Path
 
 from allxai.client import _commands
-from allxai.client import _options as opts
+from allxai.client import options as opts
 from allxai.client._channel import MAX_RETRIES, SPECIMEN_BATCH_SIZE
 from allxai.client._results import PICTURE_KINDS, AllxaiClientError
 from allxai.client.sdk import Client
 
 DEFAULT_TARGET = "127.0.0.1:50051"
 
-#: Commands whose code lives elsewhere: module, the extra it needs, whether its main() wants the command name.
-_ELSEWHERE = {
-    "train": ("allxai.trainer.cli", "train", True),
-    "evaluate": ("allxai.trainer.cli", "train", True),
-    "export": ("allxai.trainer.cli", "train", True),
-    "compare": ("allxai.trainer.cli", "train", True),
-    "loadtest": ("allxai.client.loadtest", "", False),
-    "watch": ("allxai.lis.watch", "lis", False),
-}
-_HELP_ELSEWHERE = {
-    "train": "train, cross-validate and export a model",
-    "evaluate": "evaluate an exported model on a dataset",
-    "export": "export a training checkpoint for serving",
-    "compare": "compare training runs in one table",
-    "loadtest": "load-test a gateway (closed or open loop, a sweep of concurrency levels)",
-    "watch": "watch a folder for LIS cell images and write HL7, FHIR and JSON results beside them",
-}
+#: The entry-point group where commands that live outside the thin client register themselves
+#: (serve, train, evaluate, export, compare, watch, loadtest): see pyproject.toml.
+COMMAND_GROUP = "allxai.commands"
+_DISTRIBUTION = "allxai"
 
 
-def _run_elsewhere(argv: list[str]) -> int:
-    """Import the command's module only now, and hand it the rest of the command line."""
-    command = argv[0]
-    module_name, extra, with_name = _ELSEWHERE[command]
+def _plugins() -> dict[str, EntryPoint]:
+    """The commands registered by whatever parts of allxai are installed, by name."""
+    found: dict[str, EntryPoint] = {}
+    for entry in entry_points(group=COMMAND_GROUP):
+        found.setdefault(entry.name, entry)
+    return found
+
+
+def _missing(extra: str) -> list[str]:
+    """The requirements of ``allxai[extra]`` that are not installed (none for a plain command)."""
+    if not extra:
+        return []
     try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        need = f"; install allxai[{extra}]" if extra else ""
-        print(f"allxai {command} is not available ({exc}){need}", file=sys.stderr)
-        return 2
-    run: Callable[[list[str]], int] = module.main
-    return run(argv if with_name else argv[1:])
+        requires = distribution(_DISTRIBUTION).requires or []
+    except PackageNotFoundError:
+        return []
+    missing = []
+    for line in requires:
+        requirement, _, marker = line.partition(";")
+        if f'extra == "{extra}"' not in marker:
+            continue
+        name = re.split(r"[\s\[<>=!~;(]", requirement.strip(), maxsplit=1)[0]
+        if name.lower() == _DISTRIBUTION:
+            continue  # allxai[train] asks for allxai[server]: the markers of that extra cover it
+        try:
+            distribution(name)
+        except PackageNotFoundError:
+            missing.append(name)
+    return missing
 
 
-def _serve() -> int:
+def _unavailable(name: str, entry: EntryPoint) -> str | None:
+    """Why ``allxai name`` cannot run here, with the command that installs what it needs; None if it can."""
+    extra = entry.extras[0] if entry.extras else ""
+    missing = _missing(extra)
+    if not missing:
+        return None
+    return (
+        f"allxai {name} is not installed here: it needs {', '.join(missing)}; "
+        f"install it with: pip install 'allxai[{extra}]'"
+    )
+
+
+def _run_plugin(name: str, entry: EntryPoint, argv: list[str]) -> int:
+    """Load a registered command only now, and hand it the rest of the command line."""
+    why = _unavailable(name, entry)
+    if why is None:
+        try:
+            run: Callable[[list[str]], int] = entry.load()
+            return run(argv)
+        except ImportError as exc:  # a broken or partial install
+            why = f"allxai {name} cannot start: {exc}"
+    print(why, file=sys.stderr)
+    return 2
+
+
+def _plugin_help(entry: EntryPoint) -> str:
+    extra = entry.extras[0] if entry.extras else ""
+    if _missing(extra):
+        return f"(not installed: pip install 'allxai[{extra}]')"
     try:
-        from allxai.server.app import main as serve_main  # noqa: PLC0415  (needs the server extra)
-    except ImportError as exc:
-        print(f"allxai serve is not available ({exc}); install allxai[server]", file=sys.stderr)
-        return 2
-    return serve_main()
+        doc = entry.load().__doc__ or ""
+    except ImportError:
+        return "(cannot be loaded: a broken install)"
+    summary = doc.strip().split("\n")[0].rstrip(".")
+    return f"{summary[:1].lower()}{summary[1:]}; see allxai {entry.name} -h"
 
 
 def _client(args: argparse.Namespace) -> Client:
@@ -189,23 +223,19 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", parents=[connection], help="describe the served model")
     p.set_defaults(run=_commands.info)
 
-    for name, what in _HELP_ELSEWHERE.items():
-        extra = _ELSEWHERE[name][1]
-        needs = f" (needs allxai[{extra}])" if extra else ""
-        sub.add_parser(name, help=f"{what}{needs}; see allxai {name} -h", add_help=False)
-    sub.add_parser("serve", help="run the gateway (needs allxai[server]); settings from ALLXAI_*")
+    for name, entry in sorted(_plugins().items()):
+        sub.add_parser(name, help=_plugin_help(entry), add_help=False)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``allxai`` command; the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in _ELSEWHERE:
-        return _run_elsewhere(argv)
+    plugins = _plugins()
+    if argv and argv[0] in plugins:
+        return _run_plugin(argv[0], plugins[argv[0]], argv[1:])
     parser = _parser()
     args = parser.parse_args(argv)
-    if args.command == "serve":
-        return _serve()
     for flag in ("json_out", "csv_out"):
         value = getattr(args, flag, None)
         opts.prepare_output(parser, Path(value) if value else None, "--" + flag.replace("_", "-"))

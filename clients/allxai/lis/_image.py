@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from allxai.client import AllxaiClientError, ClassifyResult, ExplainResult, ModelDescription
-from allxai.lis import _files as files
+from allxai.lis import _folder as files
 from allxai.lis._report import LabReport
 from allxai.lis.fhir import to_fhir_json
 from allxai.lis.hl7 import to_oru

@@ -14,7 +14,7 @@ from functools import partial
 from pathlib import Path
 
 from allxai.client import AllxaiClientError, ClassifyResult, Client, ExplainResult, ModelDescription
-from allxai.lis import _files as files
+from allxai.lis import _folder as files
 from allxai.lis._image import Options, cell_of, render, write_error, write_marker, write_outputs
 from allxai.lis._report import LabReport
 

@@ -34,8 +34,8 @@ from pathlib import Path
 from types import FrameType
 
 from allxai.client import Client
-from allxai.client import _options as opts
-from allxai.lis import _files as files
+from allxai.client import options as opts
+from allxai.lis import _folder as files
 from allxai.lis._image import Options
 from allxai.lis._watcher import PERMANENT_CODES, Watcher
 from allxai.lis.hl7 import check_header, check_order_namespace
@@ -115,7 +115,10 @@ def _check_report_options(options: Options) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Run the watcher (``allxai watch``); returns 0, or 1 when ``--once`` gave up on some images."""
+    """Watch a folder for LIS cell images and write HL7, FHIR and JSON results beside them.
+
+    Returns 0, or 1 when ``--once`` gave up on some images.
+    """
     args = _parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(message)s")
     folder: Path = args.folder

@@ -75,7 +75,7 @@ class Predictor(Protocol):
 
 
 @dataclass(frozen=True)
-class Settings:
+class ExplainSettings:
     """How to explain. Defaults are lime's where lime has one."""
 
     num_samples: int = 1000
@@ -101,7 +101,7 @@ class Settings:
 async def explain(
     image: Image,
     predictor: Predictor,
-    settings: Settings,
+    settings: ExplainSettings,
     label: int | None = None,
     progress: ProgressFn | None = None,
 ) -> ExplanationResult:
@@ -199,7 +199,7 @@ async def explain(
     )
 
 
-def _check_segments(count: int, settings: Settings) -> None:
+def _check_segments(count: int, settings: ExplainSettings) -> None:
     if count < 2:
         raise SegmentationError(
             f"the segmentation found {count} superpixel; an explanation needs at least 2 to compare "
@@ -231,7 +231,7 @@ class _Batches:
         fill: Image,
         segments: npt.NDArray[np.int32],
         predictor: Predictor,
-        settings: Settings,
+        settings: ExplainSettings,
         use_model: bool,
         progress: ProgressFn | None,
     ) -> None:
@@ -280,7 +280,7 @@ def _quality(
     label: int,
     fit: surrogate.SurrogateFit,
     model_prediction: float,
-    settings: Settings,
+    settings: ExplainSettings,
 ) -> Quality:
     reference = set(top_segments(fit.weights, settings.top_k, settings.positive_only))
     overlaps = []

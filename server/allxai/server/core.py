@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import numpy.typing as npt
 
+from allxai.contract.preprocessing import ImageError, ImageLimits, prepare_image
 from allxai.server.admission import Admission
 from allxai.server.backends.base import Backend, ModelInfo, ModelSpec
 from allxai.server.errors import FailedPrecondition, InvalidInput
@@ -27,10 +28,9 @@ from allxai.server.outcomes import (
     Timings,
 )
 from allxai.server.settings import Settings
-from allxai.trainer.preprocessing import ImageError, ImageLimits, prepare_image
 
 if TYPE_CHECKING:
-    from allxai.explainer.engine import Settings as EngineSettings
+    from allxai.explainer.engine import ExplainSettings
 
 ProgressFn = Callable[[int, int], None]
 
@@ -160,8 +160,8 @@ class Diagnosis:
                 self._metrics.explanation_seconds.observe(done - started)
             return ExplainOutcome(model, classification, result, image, timings)
 
-    def _settings_for(self, options: ExplainOptions) -> EngineSettings:
-        from allxai.explainer.engine import Settings as EngineSettings  # noqa: PLC0415
+    def _settings_for(self, options: ExplainOptions) -> ExplainSettings:
+        from allxai.explainer.engine import ExplainSettings  # noqa: PLC0415
         from allxai.explainer.segmentation import SegmentationSpec  # noqa: PLC0415
 
         samples = options.num_samples or self._settings.explain_default_samples
@@ -193,7 +193,7 @@ class Diagnosis:
             raise InvalidInput("options.segmentation_params", str(exc)) from exc
         if options.composition not in ("auto", "gateway", "model"):
             raise InvalidInput("options.composition", f"unknown composition {options.composition!r}")
-        return EngineSettings(
+        return ExplainSettings(
             num_samples=samples,
             top_k=options.top_k or 5,
             num_features=options.num_features or 100000,

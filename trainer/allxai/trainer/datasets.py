@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from allxai.trainer import contract
+from allxai.contract import names as contract
 from allxai.trainer.neardup import WINDOW, join_near_duplicate_groups
 
 IMAGE_SUFFIXES = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff"})

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from allxai.trainer import contract
+from allxai.contract import names as contract
 from allxai.trainer.datasets import index_dataset
 from allxai.trainer.loading import load_samples, summary
 
@@ -73,8 +73,8 @@ def evaluate_export(
     model_path: Path, data: Path, layout: str, reports: Path, card_path: Path | None = None
 ) -> dict[str, Any]:
     """Run every image of ``data`` through the export at ``model_path``; write a report; return metrics."""
-    from allxai.trainer.metrics import evaluate  # noqa: PLC0415
     from allxai.trainer.plots import plot_confusion  # noqa: PLC0415
+    from allxai.trainer.scores import evaluate  # noqa: PLC0415
 
     if not (model_path / "saved_model.pb").is_file():
         raise ValueError(f"{model_path} is not a SavedModel folder (<base>/<name>/<version>)")

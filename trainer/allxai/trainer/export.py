@@ -12,7 +12,7 @@ import numpy as np
 import numpy.typing as npt
 import tensorflow as tf
 
-from allxai.trainer import contract
+from allxai.contract import names as contract
 
 #: Perturbed images the compose signature builds and predicts at a time.
 COMPOSE_CHUNK = 64

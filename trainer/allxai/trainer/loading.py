@@ -17,8 +17,8 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image
 
+from allxai.contract.preprocessing import ImageError, decode_image, resize_image
 from allxai.trainer.datasets import DatasetIndex, Sample
-from allxai.trainer.preprocessing import ImageError, decode_image, resize_image
 
 log = logging.getLogger(__name__)
 

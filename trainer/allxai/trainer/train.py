@@ -15,7 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from allxai.trainer import contract, preprocessing
+from allxai.contract import names as contract
+from allxai.contract import preprocessing
 from allxai.trainer.config import TrainConfig
 from allxai.trainer.datasets import DatasetIndex, Sample, check_trainable, index_dataset
 from allxai.trainer.fit import balanced_class_weights
@@ -83,8 +84,8 @@ def _subsample(samples: list[Sample], max_per_class: int, seed: int) -> list[Sam
 def run(config: TrainConfig) -> RunResult:
     """Train and evaluate as the config says; write reports; export the best model."""
     from allxai.trainer.fit import fit, predict  # noqa: PLC0415  (TensorFlow loads only here)
-    from allxai.trainer.metrics import evaluate, summarize_folds  # noqa: PLC0415
     from allxai.trainer.reports import write_run_report  # noqa: PLC0415
+    from allxai.trainer.scores import evaluate, summarize_folds  # noqa: PLC0415
     from allxai.trainer.splits import group_holdout, group_kfold, split_sizes  # noqa: PLC0415
 
     started = time.monotonic()

@@ -9,7 +9,7 @@ from typing import Any, Literal, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from allxai.trainer import contract
+from allxai.contract import names as contract
 
 #: Who is waiting on a prediction: a person (Classify) or an explanation's many perturbation batches.
 #: Backends serve ``interactive`` work first, so Explain traffic cannot starve Classify.

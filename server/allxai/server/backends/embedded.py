@@ -20,11 +20,11 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from allxai.contract import names as contract
 from allxai.server.backends import signature
 from allxai.server.backends.base import Lane, ModelInfo, ModelSpec
 from allxai.server.backends.workers import Coalescer, PriorityPool
 from allxai.server.errors import BackendError, BackendUnavailable, DeadlineExceeded, ModelNotFound
-from allxai.trainer import contract
 
 log = logging.getLogger(__name__)
 

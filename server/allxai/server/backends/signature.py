@@ -27,9 +27,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from allxai.contract import names as contract
+from allxai.contract.preprocessing import DESCRIPTION as PREPROCESSING
 from allxai.server.backends.base import ModelInfo
-from allxai.trainer import contract
-from allxai.trainer.preprocessing import DESCRIPTION as PREPROCESSING
 
 log = logging.getLogger(__name__)
 

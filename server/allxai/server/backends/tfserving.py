@@ -30,6 +30,7 @@ import grpc
 import numpy as np
 import numpy.typing as npt
 
+from allxai.contract import names as contract
 from allxai.server.backends import signature
 from allxai.server.backends.base import Lane, ModelInfo, ModelSpec
 from allxai.server.backends.tfserving_rpc import (
@@ -50,7 +51,6 @@ from allxai.server.errors import (
     DeadlineExceeded,
     ModelNotFound,
 )
-from allxai.trainer import contract
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,167 @@
+"""``allxai train | evaluate | export | compare``: the trainer's commands.
+
+Each registers itself in the ``allxai.commands`` entry-point group (pyproject.toml), so the ``allxai``
+command finds it when the ``train`` extra is installed. This module imports only the standard library at
+import time: the heavy modules are imported by the command that runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+
+def _overrides(pairs: Sequence[str], parser: argparse.ArgumentParser) -> dict[str, str]:
+    out = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            parser.error(f"--set takes key=value, got {pair!r}")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def train_main(argv: Sequence[str]) -> int:
+    """Train (and cross-validate) as a recipe says, write the reports, export the best model."""
+    parser = argparse.ArgumentParser(prog="allxai train", description=train_main.__doc__)
+    parser.add_argument("--config", type=Path, help="a TOML recipe, e.g. configs/paper2-allnet-cpu.toml")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a config field"
+    )
+    parser.add_argument("--data", type=Path, help="dataset root (C-NMC, Aria, or one folder per class)")
+    parser.add_argument("--synthetic", type=int, default=0, metavar="N", help="N synthetic images per class")
+    for flag, kind in (
+        ("--out", Path),
+        ("--name", str),
+        ("--version", int),
+        ("--arch", str),
+        ("--input-size", int),
+        ("--epochs", int),
+        ("--folds", int),
+        ("--max-per-class", int),
+        ("--reports", Path),
+    ):
+        parser.add_argument(flag, type=kind, default=None)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s %(message)s")
+
+    from allxai.trainer.config import ConfigError, load_config  # noqa: PLC0415
+    from allxai.trainer.datasets import DatasetError  # noqa: PLC0415
+    from allxai.trainer.export import ExportError  # noqa: PLC0415
+    from allxai.trainer.train import run  # noqa: PLC0415
+
+    values = {
+        k: getattr(args, k)
+        for k in (
+            "out",
+            "name",
+            "version",
+            "arch",
+            "input_size",
+            "epochs",
+            "folds",
+            "max_per_class",
+            "reports",
+            "data",
+        )
+    }
+    with tempfile.TemporaryDirectory(prefix="allxai-synthetic-") as tmp:
+        try:
+            config = load_config(args.config, _overrides(args.set, parser), **values)
+            if args.synthetic:
+                from allxai.trainer.synthetic import make_dataset  # noqa: PLC0415
+
+                data = make_dataset(Path(tmp), args.synthetic, size=config.input_size, seed=config.seed)
+                config = config.model_copy(update={"data": data, "layout": "folder"})
+            result = run(config)
+        except (ConfigError, DatasetError, ExportError, FileNotFoundError, ValueError) as exc:
+            parser.exit(2, f"allxai train: {exc}\n")
+    val = result.summary.get("accuracy", {})
+    print(
+        f"validation accuracy {val.get('mean', float('nan')):.1%} ± {val.get('sd', 0):.1%} over folds; "
+        f"test accuracy {result.test['accuracy']:.1%}"
+        if result.test
+        else ""
+    )
+    print(f"reports in {config.reports}; export: {result.export_path}; {result.seconds:.0f} s")
+    return 0
+
+
+def evaluate_main(argv: Sequence[str]) -> int:
+    """Evaluate an exported model (through its serving signature) on a dataset; write a report."""
+    parser = argparse.ArgumentParser(prog="allxai evaluate", description=evaluate_main.__doc__)
+    parser.add_argument("--model", type=Path, required=True, help="an export: <base>/<name>/<version>")
+    parser.add_argument("--data", type=Path, required=True)
+    parser.add_argument("--layout", default="auto", choices=["auto", "cnmc", "aria", "folder"])
+    parser.add_argument("--reports", type=Path, default=Path("reports/evaluate"))
+    parser.add_argument(
+        "--card", type=Path, help="model card JSON, for a SavedModel that carries none of its own"
+    )
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s %(message)s")
+
+    from allxai.trainer.datasets import DatasetError  # noqa: PLC0415
+    from allxai.trainer.evaluate import evaluate_export  # noqa: PLC0415
+
+    try:
+        metrics = evaluate_export(args.model, args.data, args.layout, args.reports, args.card)
+    except (DatasetError, OSError, ValueError) as exc:
+        parser.exit(2, f"allxai evaluate: {exc}\n")
+    print(
+        f"accuracy {metrics['accuracy']:.1%}, macro F1 {metrics['macro_f1']:.3f} on {metrics['n']} images; "
+        f"report in {args.reports}"
+    )
+    return 0
+
+
+def export_main(argv: Sequence[str]) -> int:
+    """Export a checkpoint (the weights a run saved) under the model contract."""
+    parser = argparse.ArgumentParser(prog="allxai export", description=export_main.__doc__)
+    parser.add_argument("--config", type=Path, help="the recipe the checkpoint was trained with")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--weights", type=Path, required=True, help="e.g. reports/fold1/best.weights.h5")
+    parser.add_argument(
+        "--card", type=Path, help="model card JSON (default: model_card.json beside the reports)"
+    )
+    parser.add_argument("--out", type=Path, default=Path("models"))
+    parser.add_argument("--name", default=None)
+    parser.add_argument("--version", type=int, required=True)
+    args = parser.parse_args(argv)
+
+    from allxai.trainer.config import ConfigError, load_config  # noqa: PLC0415
+    from allxai.trainer.export import ExportError, export_checkpoint  # noqa: PLC0415
+
+    try:
+        config = load_config(
+            args.config, _overrides(args.set, parser), out=args.out, name=args.name, version=args.version
+        )
+        card_path = args.card or config.reports / "model_card.json"
+        card = json.loads(card_path.read_text()) if card_path.is_file() else None
+        path = export_checkpoint(config, args.weights, card)
+    except (ConfigError, ExportError, OSError, ValueError) as exc:
+        parser.exit(2, f"allxai export: {exc}\n")
+    print(f"exported {path}")
+    return 0
+
+
+def compare_main(argv: Sequence[str]) -> int:
+    """Compare runs (their report folders) in a table shaped like paper 2's table 6."""
+    parser = argparse.ArgumentParser(prog="allxai compare", description=compare_main.__doc__)
+    parser.add_argument("runs", nargs="+", type=Path, help="report folders written by allxai train")
+    parser.add_argument("--out", type=Path, default=Path("reports/comparison"))
+    args = parser.parse_args(argv)
+
+    from allxai.trainer.reports import comparison_row, write_comparison  # noqa: PLC0415
+
+    try:
+        rows = [comparison_row(json.loads((run / "report.json").read_text())) for run in args.runs]
+    except (OSError, ValueError, KeyError) as exc:
+        parser.exit(2, f"allxai compare: {exc}\n")
+    written = write_comparison(rows, args.out)
+    print((args.out / "comparison.md").read_text())
+    print("wrote " + ", ".join(str(p) for p in written.values()))
+    return 0
