@@ -8,6 +8,7 @@ import json
 import sys
 import types
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -217,6 +218,42 @@ def test_loadtest_and_watch_are_dispatched_lazily(
     with pytest.raises(SystemExit) as exited:
         main(["loadtest", "--help"])
     assert exited.value.code == 0 and "usage" in capsys.readouterr().out
+
+
+def test_the_commands_of_every_installed_part_are_listed_from_their_entry_points(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert exited.value.code == 0
+    for name in ("serve", "train", "evaluate", "export", "compare", "watch", "loadtest"):
+        assert f"allxai {name} -h" in out, name
+    assert "(not installed" not in out
+
+
+def test_a_command_whose_extra_is_missing_says_how_to_install_it(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from importlib.metadata import PackageNotFoundError, distribution
+
+    from allxai.client import cli
+
+    def without_hl7apy(name: str) -> Any:
+        if name == "hl7apy":
+            raise PackageNotFoundError(name)
+        return distribution(name)
+
+    monkeypatch.setattr(cli, "distribution", without_hl7apy)
+    monkeypatch.delitem(sys.modules, "allxai.lis.watch", raising=False)
+    assert main(["watch", "inbox"]) == 2
+    err = capsys.readouterr().err
+    assert "allxai watch is not installed here: it needs hl7apy" in err
+    assert "pip install 'allxai[lis]'" in err
+    assert "allxai.lis.watch" not in sys.modules  # nothing of it was imported
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert "watch     (not installed: pip install 'allxai[lis]')" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize(

@@ -43,6 +43,17 @@ sys.exit(1 if absent or loaded else 0)
 """
     result = subprocess.run([str(python), "-c", code], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stdout + result.stderr
+    # The one allxai command lists what the other parts offer, and says how to install them.
+    allxai = env_dir / "bin" / "allxai"
+    listing = subprocess.run([str(allxai), "--help"], capture_output=True, text=True, timeout=60)
+    assert listing.returncode == 0, listing.stderr
+    for name, extra in (("serve", "server"), ("train", "train"), ("watch", "lis")):
+        assert f"(not installed: pip install 'allxai[{extra}]')" in listing.stdout, name
+    assert "allxai loadtest -h" in listing.stdout  # the load tester is part of the thin client
+    serve = subprocess.run([str(allxai), "serve"], capture_output=True, text=True, timeout=60)
+    assert serve.returncode == 2
+    assert "allxai serve is not installed here" in serve.stderr
+    assert "pip install 'allxai[server]'" in serve.stderr
     # The server is not part of the plain install: importing it fails for want of its extras.
     server = subprocess.run(
         [str(python), "-c", "import allxai.server.app"], capture_output=True, text=True, timeout=60

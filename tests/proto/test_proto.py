@@ -39,7 +39,7 @@ def test_generated_code_is_fresh(tmp_path: Path) -> None:
     stale = [
         str(p)
         for p in generated
-        if not (ROOT / "clients" / p).exists()
-        or not filecmp.cmp(tmp_path / p, ROOT / "clients" / p, shallow=False)
+        if not (ROOT / "proto" / p).exists()
+        or not filecmp.cmp(tmp_path / p, ROOT / "proto" / p, shallow=False)
     ]
     assert not stale, f"run `make proto` and commit: {stale}"

@@ -1,7 +1,7 @@
 """The load tester's scheduler: closed and open loop over any ``Caller``; no channels, no files.
 
 ``run_level`` drives the calls and records each one's latency (``time.perf_counter``) and status code; the
-statistics are computed afterwards, in ``loadstats``.
+statistics are computed afterwards, in ``stats``.
 """
 
 from __future__ import annotations

@@ -1,11 +1,11 @@
-"""Load-test the gateway in the manner of ghz and perf_analyzer: ``python -m allxai.loadtest.tester -h``.
+"""Load-test the gateway in the manner of ghz and perf_analyzer: ``allxai loadtest -h``.
 
 Workers are asyncio tasks over grpc.aio channels. Closed loop (``-c``: that many calls always in flight)
 or open loop (``-r``: calls start on a fixed schedule, at most ``-c`` in flight), a sweep over concurrency
 levels, a seeded mix of Classify, Explain and ClassifySpecimen over images cycled from folders. Every run
 is bounded: by a count or a duration, a deadline per call, and a hard cap on each level's time; ctrl-C stops
-at once and still reports what was collected. Options are in ``loadargs``, the scheduler in ``loadrun``,
-the statistics in ``loadstats`` and the renderers in ``loadreport``.
+at once and still reports what was collected. Options are in ``args``, the scheduler in ``run``,
+the statistics in ``stats`` and the renderers in ``report``.
 """
 
 from __future__ import annotations
