@@ -2,8 +2,8 @@
 
 One wrapper (:func:`_wrap`) knows the shapes of gRPC handlers; each interceptor only says what
 happens around a call. The order in ``create_server`` is metrics (outermost: it sees the final code),
-then error mapping (the single place where domain errors become status codes), then authorisation
-(its refusals are domain errors, so they are mapped like any other).
+then error mapping (the single place where domain errors become statuses, with :mod:`.status`), then
+authorisation (its refusals are domain errors, so they are mapped like any other).
 """
 
 from __future__ import annotations
@@ -17,9 +17,10 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
-from allxai.server.errors import INTERNAL_MESSAGE, AllxaiError, BackendError, to_status
+from allxai.server.errors import AllxaiError, BackendError
 from allxai.server.metrics import Metrics
 from allxai.server.security import Authorizer
+from allxai.server.status import INTERNAL_MESSAGE, status_code, to_status
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +117,7 @@ async def _abort(context: Context, error: Exception) -> None:
     if isinstance(error, BackendError):
         # The model server's own words are for the operator, not the caller.
         log.error("model backend failed: %s", error.message)
-        await context.abort(error.code, INTERNAL_MESSAGE)
+        await context.abort(status_code(error), INTERNAL_MESSAGE)
     if isinstance(error, AllxaiError):
         status = to_status(error)
         await context.abort(status.code, status.details, trailing_metadata=status.trailing_metadata)
