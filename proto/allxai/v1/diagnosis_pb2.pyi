@@ -228,15 +228,37 @@ class Classification(_message.Message):
     LABEL_FIELD_NUMBER: _builtins.int
     CONFIDENCE_FIELD_NUMBER: _builtins.int
     LABEL_INDEX_FIELD_NUMBER: _builtins.int
+    IN_DOMAIN_FIELD_NUMBER: _builtins.int
+    DOMAIN_SCORE_FIELD_NUMBER: _builtins.int
+    DOMAIN_THRESHOLD_FIELD_NUMBER: _builtins.int
+    PREDICTION_SET_FIELD_NUMBER: _builtins.int
+    COVERAGE_FIELD_NUMBER: _builtins.int
     label: _builtins.str
     """The most probable class."""
     confidence: _builtins.float
     """The probability of the most probable class, from 0 to 1."""
     label_index: _builtins.int
     """The index of the most probable class in the model's order."""
+    in_domain: _builtins.bool
+    """Whether the image is like the images the model was trained on: its domain score is at most the
+    threshold calibrated at export. Absent when the model carries no domain check: then no check was made.
+    """
+    domain_score: _builtins.float
+    """The model's out-of-domain score; higher is less like the training images. Absent without a check."""
+    domain_threshold: _builtins.float
+    """The calibrated threshold the score is compared with. Absent without a check."""
+    coverage: _builtins.float
+    """The level the set is calibrated for, 1 - alpha (e.g. 0.95). Absent when the model carries no calibration."""
     @_builtins.property
     def scores(self) -> _containers.RepeatedCompositeFieldContainer[Global___ClassScore]:
         """Every class in the model's order."""
+
+    @_builtins.property
+    def prediction_set(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The conformal prediction set: the class names that stay plausible at the coverage level, most
+        probable first (split-conformal APS, calibrated at export). Empty when the model carries no calibration,
+        or when no class is needed to reach the level; `coverage` tells the two apart.
+        """
 
     def __init__(
         self,
@@ -245,12 +267,32 @@ class Classification(_message.Message):
         label: _builtins.str = ...,
         confidence: _builtins.float = ...,
         label_index: _builtins.int = ...,
+        in_domain: _builtins.bool | None = ...,
+        domain_score: _builtins.float | None = ...,
+        domain_threshold: _builtins.float | None = ...,
+        prediction_set: _abc.Iterable[_builtins.str] | None = ...,
+        coverage: _builtins.float | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_coverage", b"_coverage", "_domain_score", b"_domain_score", "_domain_threshold", b"_domain_threshold", "_in_domain", b"_in_domain", "coverage", b"coverage", "domain_score", b"domain_score", "domain_threshold", b"domain_threshold", "in_domain", b"in_domain"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["confidence", b"confidence", "label", b"label", "label_index", b"label_index", "scores", b"scores"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_coverage", b"_coverage", "_domain_score", b"_domain_score", "_domain_threshold", b"_domain_threshold", "_in_domain", b"_in_domain", "confidence", b"confidence", "coverage", b"coverage", "domain_score", b"domain_score", "domain_threshold", b"domain_threshold", "in_domain", b"in_domain", "label", b"label", "label_index", b"label_index", "prediction_set", b"prediction_set", "scores", b"scores"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__coverage: _TypeAlias = _typing.Literal["coverage"]  # noqa: Y015
+    _WhichOneofArgType__coverage: _TypeAlias = _typing.Literal["_coverage", b"_coverage"]  # noqa: Y015
+    _WhichOneofReturnType__domain_score: _TypeAlias = _typing.Literal["domain_score"]  # noqa: Y015
+    _WhichOneofArgType__domain_score: _TypeAlias = _typing.Literal["_domain_score", b"_domain_score"]  # noqa: Y015
+    _WhichOneofReturnType__domain_threshold: _TypeAlias = _typing.Literal["domain_threshold"]  # noqa: Y015
+    _WhichOneofArgType__domain_threshold: _TypeAlias = _typing.Literal["_domain_threshold", b"_domain_threshold"]  # noqa: Y015
+    _WhichOneofReturnType__in_domain: _TypeAlias = _typing.Literal["in_domain"]  # noqa: Y015
+    _WhichOneofArgType__in_domain: _TypeAlias = _typing.Literal["_in_domain", b"_in_domain"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__coverage) -> _WhichOneofReturnType__coverage | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__domain_score) -> _WhichOneofReturnType__domain_score | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__domain_threshold) -> _WhichOneofReturnType__domain_threshold | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__in_domain) -> _WhichOneofReturnType__in_domain | None: ...
 
 Global___Classification: _TypeAlias = Classification  # noqa: Y015
 
@@ -306,10 +348,15 @@ class ClassifyRequest(_message.Message):
     MODEL_SPEC_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     SPECIMEN_ID_FIELD_NUMBER: _builtins.int
+    ALPHA_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """The caller's request id, for tracing; the server makes one if empty."""
     specimen_id: _builtins.str
     """An opaque specimen id, echoed back and written to the audit trail only."""
+    alpha: _builtins.float
+    """The miscoverage level of the prediction set, one of the levels the model was calibrated for
+    (GetModelInfo's model card lists them); 0 means the server's default (0.05).
+    """
     @_builtins.property
     def image(self) -> Global___Image:
         """The image to classify."""
@@ -325,10 +372,11 @@ class ClassifyRequest(_message.Message):
         model_spec: Global___ModelSpec | None = ...,
         request_id: _builtins.str = ...,
         specimen_id: _builtins.str = ...,
+        alpha: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["image", b"image", "model_spec", b"model_spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["image", b"image", "model_spec", b"model_spec", "request_id", b"request_id", "specimen_id", b"specimen_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alpha", b"alpha", "image", b"image", "model_spec", b"model_spec", "request_id", b"request_id", "specimen_id", b"specimen_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -392,10 +440,13 @@ class ClassifySpecimenRequest(_message.Message):
     MODEL_SPEC_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     SPECIMEN_ID_FIELD_NUMBER: _builtins.int
+    ALPHA_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """The caller's request id, for tracing; the server makes one if empty."""
     specimen_id: _builtins.str
     """An opaque specimen id, echoed back and written to the audit trail only."""
+    alpha: _builtins.float
+    """The miscoverage level of every cell's prediction set; 0 means the server's default (0.05)."""
     @_builtins.property
     def images(self) -> _containers.RepeatedCompositeFieldContainer[Global___Image]:
         """The cell images of the specimen."""
@@ -411,10 +462,11 @@ class ClassifySpecimenRequest(_message.Message):
         model_spec: Global___ModelSpec | None = ...,
         request_id: _builtins.str = ...,
         specimen_id: _builtins.str = ...,
+        alpha: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["model_spec", b"model_spec"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["images", b"images", "model_spec", b"model_spec", "request_id", b"request_id", "specimen_id", b"specimen_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alpha", b"alpha", "images", b"images", "model_spec", b"model_spec", "request_id", b"request_id", "specimen_id", b"specimen_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -457,8 +509,29 @@ class SpecimenSummary(_message.Message):
     COUNTS_FIELD_NUMBER: _builtins.int
     BLAST_FRACTION_FIELD_NUMBER: _builtins.int
     REVIEW_FIRST_FIELD_NUMBER: _builtins.int
+    OUT_OF_DOMAIN_FIELD_NUMBER: _builtins.int
+    AMBIGUOUS_FIELD_NUMBER: _builtins.int
+    COUNTED_FIELD_NUMBER: _builtins.int
+    NEEDS_REVIEW_FIELD_NUMBER: _builtins.int
+    REVIEW_REASON_FIELD_NUMBER: _builtins.int
     blast_fraction: _builtins.float
     """The share of cells classified as blasts (any class the model card does not mark normal)."""
+    out_of_domain: _builtins.int
+    """Cells outside the training domain (their class still shows in `counts`, but the blast fraction leaves
+    them out).
+    """
+    ambiguous: _builtins.int
+    """Cells whose prediction set holds more than one class."""
+    counted: _builtins.int
+    """The cells the blast fraction counts: those inside the training domain (all cells when the model has no
+    domain check).
+    """
+    needs_review: _builtins.bool
+    """Whether a person must review the specimen before its numbers are used, and why in `review_reason`:
+    the share of out-of-domain cells passed the server's limit, or no cell could be judged.
+    """
+    review_reason: _builtins.str
+    """Why the specimen needs review, in words; empty when it does not."""
     @_builtins.property
     def counts(self) -> _containers.RepeatedCompositeFieldContainer[Global___ClassCount]:
         """How many cells fell in each class, in the model's class order."""
@@ -473,10 +546,15 @@ class SpecimenSummary(_message.Message):
         counts: _abc.Iterable[Global___ClassCount] | None = ...,
         blast_fraction: _builtins.float = ...,
         review_first: _abc.Iterable[_builtins.int] | None = ...,
+        out_of_domain: _builtins.int = ...,
+        ambiguous: _builtins.int = ...,
+        counted: _builtins.int = ...,
+        needs_review: _builtins.bool = ...,
+        review_reason: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["blast_fraction", b"blast_fraction", "counts", b"counts", "review_first", b"review_first"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ambiguous", b"ambiguous", "blast_fraction", b"blast_fraction", "counted", b"counted", "counts", b"counts", "needs_review", b"needs_review", "out_of_domain", b"out_of_domain", "review_first", b"review_first", "review_reason", b"review_reason"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -780,6 +858,7 @@ class Explanation(_message.Message):
     QUALITY_FIELD_NUMBER: _builtins.int
     STOPPED_EARLY_FIELD_NUMBER: _builtins.int
     COMPOSITION_FIELD_NUMBER: _builtins.int
+    WARNINGS_FIELD_NUMBER: _builtins.int
     label: _builtins.str
     """The explained class."""
     seed: _builtins.int
@@ -814,6 +893,12 @@ class Explanation(_message.Message):
     def quality(self) -> Global___ExplanationQuality:
         """How far to trust this explanation."""
 
+    @_builtins.property
+    def warnings(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """What the reader of this explanation must know, in words: that the image lies outside the model's
+        training domain, that the surrogate fits poorly, ... Empty when there is nothing to say.
+        """
+
     def __init__(
         self,
         *,
@@ -830,10 +915,11 @@ class Explanation(_message.Message):
         quality: Global___ExplanationQuality | None = ...,
         stopped_early: _builtins.bool = ...,
         composition: Global___Composition.ValueType = ...,
+        warnings: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["quality", b"quality"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["composition", b"composition", "intercept", b"intercept", "label", b"label", "local_prediction", b"local_prediction", "num_samples", b"num_samples", "num_segments", b"num_segments", "pictures", b"pictures", "quality", b"quality", "score", b"score", "seed", b"seed", "stopped_early", b"stopped_early", "top_segments", b"top_segments", "weights", b"weights"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["composition", b"composition", "intercept", b"intercept", "label", b"label", "local_prediction", b"local_prediction", "num_samples", b"num_samples", "num_segments", b"num_segments", "pictures", b"pictures", "quality", b"quality", "score", b"score", "seed", b"seed", "stopped_early", b"stopped_early", "top_segments", b"top_segments", "warnings", b"warnings", "weights", b"weights"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -850,10 +936,13 @@ class ExplainRequest(_message.Message):
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     SPECIMEN_ID_FIELD_NUMBER: _builtins.int
     OPTIONS_FIELD_NUMBER: _builtins.int
+    ALPHA_FIELD_NUMBER: _builtins.int
     request_id: _builtins.str
     """The caller's request id, for tracing; the server makes one if empty."""
     specimen_id: _builtins.str
     """An opaque specimen id, echoed back and written to the audit trail only."""
+    alpha: _builtins.float
+    """The miscoverage level of the classification's prediction set; 0 means the server's default (0.05)."""
     @_builtins.property
     def image(self) -> Global___Image:
         """The image to explain."""
@@ -874,10 +963,11 @@ class ExplainRequest(_message.Message):
         request_id: _builtins.str = ...,
         specimen_id: _builtins.str = ...,
         options: Global___ExplainOptions | None = ...,
+        alpha: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["image", b"image", "model_spec", b"model_spec", "options", b"options"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["image", b"image", "model_spec", b"model_spec", "options", b"options", "request_id", b"request_id", "specimen_id", b"specimen_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["alpha", b"alpha", "image", b"image", "model_spec", b"model_spec", "options", b"options", "request_id", b"request_id", "specimen_id", b"specimen_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
