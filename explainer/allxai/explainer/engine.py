@@ -39,6 +39,8 @@ from allxai.explainer.segmentation import SegmentationError, SegmentationSpec, s
 Probs = npt.NDArray[np.float32]
 Image = npt.NDArray[np.uint8]
 ProgressFn = Callable[[int, int], None]
+#: Where the perturbed images are built: next to the model when it can (auto), here, or by the model.
+CompositionMode = Literal["auto", "gateway", "model"]
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
 
@@ -76,7 +78,7 @@ class Predictor(Protocol):
 
 @dataclass(frozen=True)
 class ExplainSettings:
-    """How to explain. Defaults are lime's where lime has one."""
+    """How to explain. Defaults are lime's where lime has one; the engine trusts the values as given."""
 
     num_samples: int = 1000
     top_k: int = 5
@@ -88,7 +90,7 @@ class ExplainSettings:
     max_in_flight: int = 4
     segmentation: SegmentationSpec = field(default_factory=SegmentationSpec)
     hide_color: tuple[int, int, int] | None = None
-    composition: Literal["auto", "gateway", "model"] = "auto"
+    composition: CompositionMode = "auto"
     adaptive: bool = False
     min_samples: int = 150
     round_size: int = 50
@@ -107,11 +109,12 @@ async def explain(
 ) -> ExplanationResult:
     """Explain ``label`` (default: the predicted class) for one uint8 image ``[H, W, 3]``.
 
-    Raises :class:`SegmentationError` when the segmentation fails or gives fewer than 2 or more
-    than ``settings.max_segments`` superpixels, and ``ValueError`` for other invalid settings.
+    ``settings`` are used as they are: whoever builds them from a request checks them first (the
+    gateway does in one place), and composition ``"model"`` needs a predictor with
+    ``has_composition``. Raises :class:`SegmentationError` when the segmentation fails or gives fewer
+    than 2 or more than ``settings.max_segments`` superpixels, and ``ValueError`` when ``label`` is
+    not one of the model's classes.
     """
-    if settings.num_samples < 1:
-        raise ValueError("num_samples must be at least 1")
     if label is not None and label < 0:
         raise ValueError(f"label must not be negative, got {label}")
     segments = await _in_thread(segment, image, settings.segmentation, settings.seed)
@@ -127,8 +130,6 @@ async def explain(
     use_model = settings.composition == "model" or (
         settings.composition == "auto" and predictor.has_composition
     )
-    if settings.composition == "model" and not predictor.has_composition:
-        raise ValueError("the model has no composition signature; use composition 'gateway' or 'auto'")
     batches = _Batches(image, fill, segments, predictor, settings, use_model, progress)
 
     # lime's first mask row is all ones: its prediction is the unperturbed image's, so the image

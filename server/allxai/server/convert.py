@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import time
 import uuid
+from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
 
@@ -15,12 +16,11 @@ from allxai.server.audit import sha256
 from allxai.server.backends.base import ModelInfo, ModelSpec
 from allxai.server.errors import InvalidInput
 from allxai.server.logs import request_id_var
-from allxai.server.outcomes import Classification, ExplainOptions, ExplainOutcome, Timings
+from allxai.server.options import ExplainOptions, Picture
+from allxai.server.outcomes import Classification, ExplainOutcome, Timings
 from allxai.v1 import diagnosis_pb2 as pb
 
 Context = grpc.aio.ServicerContext[Any, Any]
-
-_PICTURES = {pb.PICTURE_KIND_OVERLAY, pb.PICTURE_KIND_MASK, pb.PICTURE_KIND_HEATMAP, pb.PICTURE_KIND_FIGURE}
 
 
 def model_spec(message: pb.ModelSpec) -> ModelSpec:
@@ -72,32 +72,34 @@ def timings(t: Timings) -> pb.Timings:
     return out
 
 
-_SEGMENTATIONS = {
+_SEGMENTATIONS: dict[int, str] = {
     pb.SEGMENTATION_UNSPECIFIED: "quickshift",
     pb.SEGMENTATION_QUICKSHIFT: "quickshift",
     pb.SEGMENTATION_SLIC: "slic",
     pb.SEGMENTATION_FELZENSZWALB: "felzenszwalb",
 }
-_COMPOSITIONS = {
+_COMPOSITIONS: dict[int, str] = {
     pb.COMPOSITION_UNSPECIFIED: "auto",
     pb.COMPOSITION_GATEWAY: "gateway",
     pb.COMPOSITION_MODEL: "model",
 }
+_PICTURES: dict[pb.PictureKind.ValueType, Picture] = {
+    pb.PICTURE_KIND_OVERLAY: "overlay",
+    pb.PICTURE_KIND_MASK: "mask",
+    pb.PICTURE_KIND_HEATMAP: "heatmap",
+    pb.PICTURE_KIND_FIGURE: "figure",
+}
+_PICTURE_KINDS = {name: kind for kind, name in _PICTURES.items()}
+
+
+def _name(names: Mapping[Any, str], number: int) -> str:
+    # An enum number this server does not know (a newer client's) stays a number, which
+    # options.explain_plan refuses in the client's terms ("unknown segmentation 9").
+    return names.get(number, str(number))
 
 
 def explain_options(message: pb.ExplainOptions) -> ExplainOptions:
-    for kind in message.pictures:
-        if kind not in _PICTURES:
-            raise InvalidInput("options.pictures", f"unknown picture kind {kind}")
-    if message.segmentation not in _SEGMENTATIONS:
-        raise InvalidInput("options.segmentation", f"unknown segmentation {message.segmentation}")
-    if message.composition not in _COMPOSITIONS:
-        raise InvalidInput("options.composition", f"unknown composition {message.composition}")
-    if message.hide_color and len(message.hide_color) != 3:
-        raise InvalidInput(
-            "options.hide_color", "give three values [r, g, b], or none for lime's mean colour"
-        )
-    hide = tuple(message.hide_color)
+    """The options as plain values, as sent: :func:`allxai.server.options.explain_plan` checks them."""
     return ExplainOptions(
         num_samples=message.num_samples or None,
         top_k=message.top_k,
@@ -106,11 +108,12 @@ def explain_options(message: pb.ExplainOptions) -> ExplainOptions:
         seed=message.seed if message.HasField("seed") else None,
         target_label=message.target_label,
         batch_size=message.batch_size or None,
-        segmentation=_SEGMENTATIONS[message.segmentation],
+        segmentation=_name(_SEGMENTATIONS, message.segmentation),
         segmentation_params=dict(message.segmentation_params),
-        hide_color=(hide[0], hide[1], hide[2]) if hide else None,
+        hide_color=tuple(message.hide_color) or None,
         adaptive=message.adaptive,
-        composition=_COMPOSITIONS[message.composition],
+        composition=_name(_COMPOSITIONS, message.composition),
+        pictures=tuple(_name(_PICTURES, kind) for kind in message.pictures),
     )
 
 
@@ -137,17 +140,17 @@ def explain_response(
     label = outcome.model.class_names[result.label_index]
     pictures = []
     t0 = time.perf_counter()
-    for kind in list(request.options.pictures) or [pb.PICTURE_KIND_OVERLAY]:
-        if kind == pb.PICTURE_KIND_OVERLAY:
+    for name in outcome.pictures:
+        if name == "overlay":
             png = render.to_png(render.overlay(outcome.image, result))
-        elif kind == pb.PICTURE_KIND_MASK:
+        elif name == "mask":
             png = render.to_png(render.mask_image(outcome.image, result))
-        elif kind == pb.PICTURE_KIND_HEATMAP:
+        elif name == "heatmap":
             png = render.to_png(render.heatmap(result))
         else:
             title = f"{label} {outcome.classification.confidence:.1%}"
             png = render.figure(outcome.image, result, title)
-        pictures.append(pb.Picture(kind=kind, png=png))
+        pictures.append(pb.Picture(kind=_PICTURE_KINDS[name], png=png))
     outcome.timings.explain += time.perf_counter() - t0
     outcome.timings.total += time.perf_counter() - t0
     return pb.ExplainResponse(

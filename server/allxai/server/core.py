@@ -6,10 +6,8 @@ The servicer translates messages to these calls; tests call them directly.
 from __future__ import annotations
 
 import asyncio
-import random
 import time
 from collections.abc import Awaitable, Callable
-from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
@@ -19,18 +17,9 @@ from allxai.server.admission import Admission
 from allxai.server.backends.base import Backend, ModelInfo, ModelSpec
 from allxai.server.errors import FailedPrecondition, InvalidInput
 from allxai.server.metrics import Metrics
-from allxai.server.outcomes import (
-    Classification,
-    ClassifyOutcome,
-    ExplainOptions,
-    ExplainOutcome,
-    SpecimenOutcome,
-    Timings,
-)
+from allxai.server.options import ExplainOptions, explain_plan
+from allxai.server.outcomes import Classification, ClassifyOutcome, ExplainOutcome, SpecimenOutcome, Timings
 from allxai.server.settings import Settings
-
-if TYPE_CHECKING:
-    from allxai.explainer.engine import ExplainSettings
 
 ProgressFn = Callable[[int, int], None]
 
@@ -129,22 +118,22 @@ class Diagnosis:
         from allxai.explainer.engine import explain  # noqa: PLC0415
         from allxai.explainer.segmentation import SegmentationError  # noqa: PLC0415
 
-        settings = self._settings_for(options)
+        plan = explain_plan(options, self._settings)
         deadline = _deadline(timeout)
         async with self._explanations:
             started = time.perf_counter()
             model = await self._backend.resolve(spec, _left(deadline))
             image = await self._prepare(data, model, "image.data")
-            if options.composition == "model" and not model.has_composition:
+            if plan.settings.composition == "model" and not model.has_composition:
                 raise InvalidInput(
                     "options.composition",
                     f"model {model.name!r} has no compose signature; use gateway or auto",
                 )
-            target = self._target(model, options.target_label) if options.target_label else None
+            target = self._target(model, plan.target_label) if plan.target_label else None
             predictor = _BackendPredictor(self._backend, model, deadline)
             t_prep = time.perf_counter()
             try:
-                result = await explain(image, predictor, settings, label=target, progress=progress)
+                result = await explain(image, predictor, plan.settings, label=target, progress=progress)
             except SegmentationError as exc:
                 raise InvalidInput("options.segmentation_params", str(exc)) from exc
             done = time.perf_counter()
@@ -158,56 +147,7 @@ class Diagnosis:
             if self._metrics is not None:
                 self._metrics.explanation_samples.observe(result.num_samples)
                 self._metrics.explanation_seconds.observe(done - started)
-            return ExplainOutcome(model, classification, result, image, timings)
-
-    def _settings_for(self, options: ExplainOptions) -> ExplainSettings:
-        from allxai.explainer.engine import ExplainSettings  # noqa: PLC0415
-        from allxai.explainer.segmentation import SegmentationSpec  # noqa: PLC0415
-
-        samples = options.num_samples or self._settings.explain_default_samples
-        if samples < 1 or samples > self._settings.explain_max_samples:
-            raise InvalidInput(
-                "options.num_samples", f"{samples} samples; allowed 1 to {self._settings.explain_max_samples}"
-            )
-        if options.top_k < 0:
-            raise InvalidInput("options.top_k", "must not be negative")
-        batch = options.batch_size or self._settings.predict_batch_size
-        if not 1 <= batch <= self._settings.predict_batch_size:
-            # Each batch is built in memory at once: the server's batch size bounds it.
-            raise InvalidInput(
-                "options.batch_size", f"{batch}; allowed 1 to {self._settings.predict_batch_size}"
-            )
-        if options.num_features < 0:
-            raise InvalidInput("options.num_features", "must not be negative (0 means all superpixels)")
-        seed = options.seed if options.seed is not None else random.SystemRandom().randrange(2**31)
-        if not 0 <= seed < 2**32:
-            raise InvalidInput("options.seed", "must be between 0 and 2**32 - 1")
-        if options.hide_color is not None and not all(0 <= c <= 255 for c in options.hide_color):
-            raise InvalidInput(
-                "options.hide_color", "three values from 0 to 255, or none for lime's mean colour"
-            )
-        segmentation = SegmentationSpec(options.segmentation, dict(options.segmentation_params))  # type: ignore[arg-type]
-        try:
-            segmentation.resolved()
-        except ValueError as exc:
-            raise InvalidInput("options.segmentation_params", str(exc)) from exc
-        if options.composition not in ("auto", "gateway", "model"):
-            raise InvalidInput("options.composition", f"unknown composition {options.composition!r}")
-        return ExplainSettings(
-            num_samples=samples,
-            top_k=options.top_k or 5,
-            num_features=options.num_features or 100000,
-            positive_only=options.positive_only,
-            seed=seed,
-            batch_size=batch,
-            max_in_flight=self._settings.explain_max_in_flight,
-            compose_batch_size=self._settings.explain_compose_batch_size,
-            segmentation=segmentation,
-            hide_color=options.hide_color,
-            composition=options.composition,  # type: ignore[arg-type]
-            adaptive=options.adaptive,
-            max_segments=self._settings.explain_max_segments,
-        )
+            return ExplainOutcome(model, classification, result, image, plan.pictures, timings)
 
     @staticmethod
     def _target(model: ModelInfo, label: str) -> int:

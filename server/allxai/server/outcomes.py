@@ -10,6 +10,7 @@ import numpy.typing as npt
 
 from allxai.explainer.result import ExplanationResult
 from allxai.server.backends.base import ModelInfo
+from allxai.server.options import Picture
 
 
 @dataclass
@@ -67,29 +68,13 @@ class SpecimenOutcome:
 
 
 @dataclass
-class ExplainOptions:
-    """A request's explanation options; ``None`` means the server's default."""
-
-    num_samples: int | None = None
-    top_k: int = 5
-    num_features: int = 100000
-    positive_only: bool = True
-    seed: int | None = None
-    target_label: str = ""
-    batch_size: int | None = None
-    segmentation: str = "quickshift"
-    segmentation_params: dict[str, float] = field(default_factory=dict)
-    hide_color: tuple[int, int, int] | None = None
-    adaptive: bool = False
-    composition: str = "auto"
-
-
-@dataclass
 class ExplainOutcome:
-    """A classification, its explanation, and the prepared image the explanation is drawn on."""
+    """A classification, its explanation, the prepared image the explanation is drawn on, and the
+    pictures the request asked for (drawn by the transport)."""
 
     model: ModelInfo
     classification: Classification
     explanation: ExplanationResult
     image: npt.NDArray[np.uint8]
+    pictures: tuple[Picture, ...] = ("overlay",)
     timings: Timings = field(default_factory=Timings)
