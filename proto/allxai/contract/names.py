@@ -6,7 +6,8 @@ A SavedModel in TensorFlow Serving's layout ``<base>/<model_name>/<version>/`` w
 - ``compose``: ``image`` uint8 ``[H, W, 3]``, ``fill`` uint8 ``[H, W, 3]``, ``segments`` int32
   ``[H, W]``, ``masks`` uint8 ``[N, S]`` -> ``probabilities``: the perturbed images of an
   explanation are built next to the model instead of crossing the wire;
-- ``model_card``: no inputs -> ``model_card``, a JSON string (class names, input size, ...).
+- ``model_card``: no inputs -> ``model_card``, a JSON string (class names, input size, ...; the schema
+  is :mod:`allxai.contract.card`), also written to ``assets.extra/model_card.json``.
 
 This module holds names only (no TensorFlow), so the thin client and the gateway can share it.
 """
