@@ -41,6 +41,7 @@ from tensorflow_serving.apis import predict_pb2
 
 from allxai.contract.preprocessing import prepare_image
 from allxai.explainer.engine import ExplainSettings, explain
+from allxai.explainer.perturb import Composition
 from allxai.server.app import Gateway
 from allxai.server.backends.embedded import EmbeddedBackend
 from allxai.server.settings import Settings as GatewaySettings
@@ -260,12 +261,12 @@ def adaptive_check(model_dir: Path | None, cells: int) -> dict[str, Any] | None:
         async def predict(self, images: np.ndarray) -> np.ndarray:
             return np.asarray(serve(images=tf.constant(images))["probabilities"].numpy())
 
-        async def predict_composed(self, image, fill, segments, masks):  # type: ignore[no-untyped-def]
+        async def predict_composed(self, composition: Composition) -> np.ndarray:
             out = compose(
-                image=tf.constant(image),
-                fill=tf.constant(fill),
-                segments=tf.constant(segments),
-                masks=tf.constant(masks),
+                image=tf.constant(composition.image),
+                fill=tf.constant(composition.fill),
+                segments=tf.constant(composition.segments),
+                masks=tf.constant(composition.masks),
             )
             return np.asarray(out["probabilities"].numpy())
 

@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from allxai.explainer.perturb import Composition
 from allxai.server.backends.base import ModelSpec
 from allxai.server.backends.embedded import EmbeddedBackend
 from allxai.server.backends.tfserving import TFServingBackend
@@ -93,8 +94,9 @@ async def test_backend_matches_the_embedded_model(model_base: Path) -> None:
             np.int32
         )
         masks = np.random.default_rng(1).integers(0, 2, (30, int(segments.max()) + 1), dtype=np.uint8)
-        composed = await backend.predict_composed(info, image, fill, segments, masks, timeout=30, lane="bulk")
-        expected = await embedded.predict_composed(local, image, fill, segments, masks, None)
+        composition = Composition(image, fill, segments, masks)
+        composed = await backend.predict_composed(info, composition, timeout=30, lane="bulk")
+        expected = await embedded.predict_composed(local, composition, None)
         np.testing.assert_allclose(composed, expected, atol=1e-6)
 
         assert (await backend.resolve(ModelSpec(version_label="stable"))).version == 1

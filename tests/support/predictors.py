@@ -24,6 +24,6 @@ class FnPredictor:
         self.calls.append(len(images))
         return self.fn(images)
 
-    async def predict_composed(self, image, fill, segments, masks):  # type: ignore[no-untyped-def]
-        self.calls.append(len(masks))
-        return self.fn(perturb.compose(image, fill, segments, masks))
+    async def predict_composed(self, composition: perturb.Composition) -> npt.NDArray[np.float32]:
+        self.calls.append(len(composition))
+        return self.fn(composition.images())

@@ -70,10 +70,8 @@ class Predictor(Protocol):
     async def predict(self, images: Image) -> Probs:
         """Probabilities ``[N, C]`` for uint8 images ``[N, H, W, 3]``."""
 
-    async def predict_composed(
-        self, image: Image, fill: Image, segments: npt.NDArray[np.int32], masks: npt.NDArray[np.uint8]
-    ) -> Probs:
-        """Probabilities for the images ``compose(image, fill, segments, masks)`` would build."""
+    async def predict_composed(self, composition: perturb.Composition) -> Probs:
+        """Probabilities for the images ``composition.images()`` would build, built next to the model."""
 
 
 @dataclass(frozen=True)
@@ -248,7 +246,7 @@ class _Batches:
         async with self._slots:
             if self._use_model:
                 out = await self._predictor.predict_composed(
-                    self._image, self._fill, self._segments, masks.astype(np.uint8)
+                    perturb.Composition(self._image, self._fill, self._segments, masks.astype(np.uint8))
                 )
             else:
                 images = await _in_thread(perturb.compose, self._image, self._fill, self._segments, masks)

@@ -7,6 +7,8 @@ from one gather over the segment map, byte for byte the same, or are built next 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import numpy.typing as npt
 
@@ -66,3 +68,23 @@ def compose(
     out[:] = fill
     np.copyto(out, image, where=keep[..., None])
     return out
+
+
+@dataclass(frozen=True)
+class Composition:
+    """Perturbed images not yet built: what :func:`compose` (or a model's ``compose`` signature,
+    next to the model) builds them from. One per batch of an explanation; the image, fill and
+    segments are the same for every batch, the masks (``[N, S]``, 0 or 1) are the batch's."""
+
+    image: npt.NDArray[np.uint8]
+    fill: npt.NDArray[np.uint8]
+    segments: npt.NDArray[np.int32]
+    masks: npt.NDArray[np.uint8]
+
+    def __len__(self) -> int:
+        """The number of perturbed images: one per mask row."""
+        return len(self.masks)
+
+    def images(self) -> npt.NDArray[np.uint8]:
+        """The perturbed images ``[N, H, W, 3]``, built here."""
+        return compose(self.image, self.fill, self.segments, self.masks)

@@ -13,6 +13,7 @@ import numpy as np
 import numpy.typing as npt
 
 from allxai.contract.preprocessing import ImageError, ImageLimits, prepare_image
+from allxai.explainer.perturb import Composition
 from allxai.server.admission import Admission
 from allxai.server.backends.base import Backend, ModelInfo, ModelSpec
 from allxai.server.errors import FailedPrecondition, InvalidInput
@@ -188,17 +189,9 @@ class _BackendPredictor:
     async def predict(self, images: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
         return await self._timed(self._backend.predict(self._model, images, _left(self._deadline), "bulk"))
 
-    async def predict_composed(
-        self,
-        image: npt.NDArray[np.uint8],
-        fill: npt.NDArray[np.uint8],
-        segments: npt.NDArray[np.int32],
-        masks: npt.NDArray[np.uint8],
-    ) -> npt.NDArray[np.float32]:
+    async def predict_composed(self, composition: Composition) -> npt.NDArray[np.float32]:
         return await self._timed(
-            self._backend.predict_composed(
-                self._model, image, fill, segments, masks, _left(self._deadline), "bulk"
-            )
+            self._backend.predict_composed(self._model, composition, _left(self._deadline), "bulk")
         )
 
 

@@ -15,6 +15,7 @@ import numpy as np
 import numpy.typing as npt
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, start_http_server
 
+from allxai.explainer.perturb import Composition
 from allxai.server.backends.base import Backend, Lane, ModelInfo, ModelSpec
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
@@ -129,21 +130,11 @@ class InstrumentedBackend:
         )
 
     async def predict_composed(
-        self,
-        model: ModelInfo,
-        image: npt.NDArray[np.uint8],
-        fill: npt.NDArray[np.uint8],
-        segments: npt.NDArray[np.int32],
-        masks: npt.NDArray[np.uint8],
-        timeout: float | None,
-        lane: Lane = "bulk",
+        self, model: ModelInfo, composition: Composition, timeout: float | None, lane: Lane = "bulk"
     ) -> npt.NDArray[np.float32]:
         """Predict composed images with the inner backend, timed."""
         return await self._timed(
-            "compose",
-            lane,
-            len(masks),
-            self._inner.predict_composed(model, image, fill, segments, masks, timeout, lane),
+            "compose", lane, len(composition), self._inner.predict_composed(model, composition, timeout, lane)
         )
 
     async def _timed(

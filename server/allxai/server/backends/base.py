@@ -10,6 +10,7 @@ import numpy as np
 import numpy.typing as npt
 
 from allxai.contract import names as contract
+from allxai.explainer.perturb import Composition
 
 #: Who is waiting on a prediction: a person (Classify) or an explanation's many perturbation batches.
 #: Backends serve ``interactive`` work first, so Explain traffic cannot starve Classify.
@@ -93,14 +94,13 @@ class Backend(Protocol):
         """Class probabilities ``[N, C]`` for uint8 images ``[N, H, W, 3]`` at the model's input size."""
 
     async def predict_composed(
-        self,
-        model: ModelInfo,
-        image: npt.NDArray[np.uint8],
-        fill: npt.NDArray[np.uint8],
-        segments: npt.NDArray[np.int32],
-        masks: npt.NDArray[np.uint8],
-        timeout: float | None,
-        lane: Lane = "bulk",
+        self, model: ModelInfo, composition: Composition, timeout: float | None, lane: Lane = "bulk"
     ) -> npt.NDArray[np.float32]:
         """Probabilities of the perturbed images the model's ``compose`` signature builds from
-        ``masks [N, S]``; only for models with ``has_composition``."""
+        ``composition`` (one per mask row); only for models with ``has_composition``."""
+
+
+def compose_inputs(composition: Composition) -> dict[str, npt.NDArray[np.generic]]:
+    """The ``compose`` signature's inputs, by the contract's names."""
+    values = (composition.image, composition.fill, composition.segments, composition.masks)
+    return dict(zip(contract.COMPOSE_INPUTS, values, strict=True))

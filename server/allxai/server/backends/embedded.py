@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +21,9 @@ import numpy as np
 import numpy.typing as npt
 
 from allxai.contract import names as contract
+from allxai.explainer.perturb import Composition
 from allxai.server.backends import signature
-from allxai.server.backends.base import Lane, ModelInfo, ModelSpec
+from allxai.server.backends.base import Lane, ModelInfo, ModelSpec, compose_inputs
 from allxai.server.backends.workers import Coalescer, PriorityPool
 from allxai.server.errors import BackendError, BackendUnavailable, DeadlineExceeded, ModelNotFound
 
@@ -194,21 +195,15 @@ class EmbeddedBackend:
         return await self._gather(entry.serve, calls, timeout, entry.info, lane)
 
     async def predict_composed(
-        self,
-        model: ModelInfo,
-        image: npt.NDArray[np.uint8],
-        fill: npt.NDArray[np.uint8],
-        segments: npt.NDArray[np.int32],
-        masks: npt.NDArray[np.uint8],
-        timeout: float | None,
-        lane: Lane = "bulk",
+        self, model: ModelInfo, composition: Composition, timeout: float | None, lane: Lane = "bulk"
     ) -> npt.NDArray[np.float32]:
         """Run the model's ``compose`` signature in batches of at most ``batch_size`` masks."""
         entry = self._entry(model)
         if entry.compose is None:
             raise ModelNotFound(f"model {model.name!r} version {model.version} has no compose signature")
+        masks = composition.masks
         calls = [
-            {"image": image, "fill": fill, "segments": segments, "masks": masks[i : i + self._batch_size]}
+            compose_inputs(replace(composition, masks=masks[i : i + self._batch_size]))
             for i in range(0, len(masks), self._batch_size)
         ]
         return await self._gather(entry.compose, calls, timeout, entry.info, lane, contract.OUTPUT)

@@ -31,8 +31,9 @@ import numpy as np
 import numpy.typing as npt
 
 from allxai.contract import names as contract
+from allxai.explainer.perturb import Composition
 from allxai.server.backends import signature
-from allxai.server.backends.base import Lane, ModelInfo, ModelSpec
+from allxai.server.backends.base import Lane, ModelInfo, ModelSpec, compose_inputs
 from allxai.server.backends.tfserving_rpc import (
     T,
     TLSFiles,
@@ -268,23 +269,14 @@ class TFServingBackend:
         )
 
     async def predict_composed(
-        self,
-        model: ModelInfo,
-        image: npt.NDArray[np.uint8],
-        fill: npt.NDArray[np.uint8],
-        segments: npt.NDArray[np.int32],
-        masks: npt.NDArray[np.uint8],
-        timeout: float | None,
-        lane: Lane = "bulk",
+        self, model: ModelInfo, composition: Composition, timeout: float | None, lane: Lane = "bulk"
     ) -> npt.NDArray[np.float32]:
-        """Probabilities of the perturbed images the ``compose`` signature builds from ``masks``."""
+        """Probabilities of the perturbed images the ``compose`` signature builds from ``composition``."""
         if not model.has_composition:
             raise ModelNotFound(f"model {model.name!r} version {model.version} has no compose signature")
         # One request per call (the engine sends compose_batch_size masks at a time): the signature
         # chunks them in-graph, so image, fill and segments cross the wire once per request.
-        calls: list[dict[str, npt.NDArray[Any]]] = [
-            {"image": image, "fill": fill, "segments": segments, "masks": masks}
-        ]
+        calls = [compose_inputs(composition)]
         return await self._predict_all(
             model, contract.COMPOSE_SIGNATURE, contract.OUTPUT, calls, timeout, lane
         )
