@@ -223,7 +223,15 @@ def _free_port() -> int:
 @contextmanager
 def _model_server(model_base: Path, port: int) -> Iterator[subprocess.Popen[str]]:
     process = subprocess.Popen(
-        [sys.executable, "-m", "tests.tfserving_fake", "--base", str(model_base), "--port", str(port)],
+        [
+            sys.executable,
+            "-m",
+            "tests.support.tfserving_fake",
+            "--base",
+            str(model_base),
+            "--port",
+            str(port),
+        ],
         cwd=REPO,
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,

@@ -9,7 +9,7 @@ output of the signature, and batches over ``max_batch_size``; the resolved versi
 response's ``model_spec``. Models with only ``serving_default`` (any tensor names) are served as-is.
 
 Knobs for the failure tests: ``delay`` (seconds before each Predict: a slow model server) and a
-request counter (to see per-request balancing). ``python -m tests.tfserving_fake --base B --port P``
+request counter (to see per-request balancing). ``python -m tests.support.tfserving_fake --base B --port P``
 runs it as its own process, so a test can kill it with SIGKILL.
 """
 
