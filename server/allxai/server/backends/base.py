@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Literal, Protocol
 
 import numpy as np
 import numpy.typing as npt
 
 from allxai.contract import names as contract
+from allxai.contract.card import ModelCard, dump_card, normal_classes
 from allxai.explainer.perturb import Composition
 
 #: Who is waiting on a prediction: a person (Classify) or an explanation's many perturbation batches.
@@ -51,20 +51,23 @@ class ModelInfo:
         cls,
         name: str,
         version: int,
-        card: dict[str, Any],
+        card: ModelCard,
         has_composition: bool,
         available_versions: tuple[int, ...],
     ) -> ModelInfo:
-        """What the model's own ``model_card`` says, the same way for every backend."""
+        """What a model card says (the model's own, or the one the gateway derived), the same way for
+        every backend; the normal classes by the contract's rule. A card without class names or input
+        size is a :class:`~allxai.contract.card.CardError`."""
+        class_names, input_size = card.classes_and_size()
         return cls(
             name=name,
             version=version,
-            class_names=tuple(card["class_names"]),
-            input_size=(int(card["input_size"][0]), int(card["input_size"][1])),
-            normal_class_names=tuple(card.get("normal_class_names", ())),
-            preprocessing=str(card.get("preprocessing", "")),
+            class_names=class_names,
+            input_size=input_size,
+            normal_class_names=normal_classes(class_names, card.normal_class_names),
+            preprocessing=card.preprocessing or "",
             has_composition=has_composition,
-            card_json=json.dumps(card, sort_keys=True),
+            card_json=dump_card(card),
             available_versions=available_versions,
         )
 

@@ -13,14 +13,15 @@ embedded backend from the loaded function, TensorFlow Serving's from ``GetModelM
   ``class_0 .. class_{C-1}``; for a model without the ``model_card`` signature, the card the gateway
   returns says where each came from under ``"source"``.
 
-Anything else is a :class:`ContractError` naming the model and what is wrong.
+The card's schema and the class-name rules are the contract's (:mod:`allxai.contract.card`); what
+breaks them, and anything else, is a :class:`ContractError` naming the model and what is wrong.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -28,6 +29,7 @@ import numpy as np
 import numpy.typing as npt
 
 from allxai.contract import names as contract
+from allxai.contract.card import CardError, ModelCard, check_class_names, normal_classes, parse_card
 from allxai.contract.preprocessing import DESCRIPTION as PREPROCESSING
 from allxai.server.backends.base import ModelInfo
 
@@ -58,6 +60,8 @@ class TensorSpec:
 class CardSource:
     """A model card the backend found, and where (for messages and the card's ``source``)."""
 
+    #: A :class:`ModelCard` (from :func:`card_from_json`), or JSON as :func:`json.loads` gives it,
+    #: checked when the model is derived.
     card: Any
     where: str
     #: True for the ``model_card`` signature of our own exports: their card is returned unchanged.
@@ -79,36 +83,36 @@ def derive_model_info(
     what = f"model {name} version {version}"
     image = _image_input(what, inputs)
     scores = _score_output(what, outputs)
-    own = _checked_card(what, card)
+    own = _own_card(what, card)
     classes = scores.shape[1] if scores.shape is not None else None
     size, size_from = _input_size(what, image, own, card)
     names, names_from = _class_names(what, classes, own, card, configured_names)
-    # Without a card's word, the trainer's rule: a class named Benign, hem or normal is normal.
-    normal = own.get("normal_class_names", [n for n in names if n in contract.NORMAL_CLASS_NAMES])
-    if not (isinstance(normal, list) and all(isinstance(n, str) and n in names for n in normal)):
-        # Otherwise a specimen's blast count would quietly count every cell.
-        raise ContractError(
-            f"{what}: the model card's normal_class_names {normal!r} must list some of its classes "
-            f"({', '.join(names)})"
-        )
+    with _refused(what):
+        # Without a card's word, the trainer's rule; a wrong word would have a specimen's blast
+        # count quietly count every cell.
+        normal = normal_classes(names, own.normal_class_names)
     if card is not None and card.is_signature:
         # Our own exports: the card as it was written (the signature matched it above).
-        result = dict(own)
+        result = own
     else:
-        result = {
-            **own,
-            "class_names": list(names),
-            "normal_class_names": list(normal),
-            "input_size": list(size),
-            "preprocessing": own.get("preprocessing", PREPROCESSING),
-            "source": {
-                "card": card.where if card is not None else "none",
-                "class_names": names_from,
-                "input_size": size_from,
+        result = replace(
+            own,
+            class_names=tuple(names),
+            normal_class_names=normal,
+            input_size=size,
+            preprocessing=PREPROCESSING if own.preprocessing is None else own.preprocessing,
+            extra={
+                **own.extra,
+                "source": {
+                    "card": card.where if card is not None else "none",
+                    "class_names": names_from,
+                    "input_size": size_from,
+                },
+                "signature": {"input": image.key, "output": scores.key},
             },
-            "signature": {"input": image.key, "output": scores.key},
-        }
-    info = ModelInfo.from_card(name, version, result, has_composition, available_versions)
+        )
+    with _refused(what):
+        info = ModelInfo.from_card(name, version, result, has_composition, available_versions)
     # The tensors go by the names the signature gives them, whatever the card says.
     return replace(info, serving_input=image.key, serving_output=scores.key)
 
@@ -116,13 +120,11 @@ def derive_model_info(
 def card_from_json(
     name: str, version: int, raw: str | bytes, where: str, *, is_signature: bool = False
 ) -> CardSource:
-    """A card read from JSON text; bad JSON is a :class:`ContractError` naming the model and ``where``."""
-    try:
-        return CardSource(json.loads(raw), where, is_signature)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ContractError(
-            f"model {name} version {version}: the model card ({where}) is not valid JSON: {exc}"
-        ) from exc
+    """A card read from JSON text under the contract's schema (with ``class_names`` and ``input_size``
+    for the ``model_card`` signature of our exports); else a :class:`ContractError` naming the model
+    and ``where``."""
+    with _refused(f"model {name} version {version}"):
+        return CardSource(parse_card(raw, where, complete=is_signature), where, is_signature)
 
 
 def check_scores(model: ModelInfo, scores: npt.NDArray[Any]) -> npt.NDArray[np.float32]:
@@ -178,47 +180,33 @@ def _score_output(what: str, outputs: Sequence[TensorSpec]) -> TensorSpec:
     return scores
 
 
-def _checked_card(what: str, card: CardSource | None) -> dict[str, Any]:
+@contextmanager
+def _refused(what: str) -> Iterator[None]:
+    """The contract's :class:`CardError` as this model's :class:`ContractError`."""
+    try:
+        yield
+    except CardError as exc:
+        raise ContractError(f"{what}: {exc}") from exc
+
+
+def _own_card(what: str, card: CardSource | None) -> ModelCard:
+    """The card under the contract's schema; an empty one when there is none."""
     if card is None:
-        return {}
-    own = card.card
-    if not isinstance(own, dict):
-        raise ContractError(f"{what}: the model card ({card.where}) is not a JSON object")
-    names = own.get("class_names")
-    if names is not None:
-        _check_names(what, names, f"the model card ({card.where})")
-    size = own.get("input_size")
-    if size is not None and not (
-        isinstance(size, list)
-        and len(size) == 2
-        and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size)
-    ):
-        raise ContractError(
-            f"{what}: the model card ({card.where}) gives input_size {size!r}; expected [height, width]"
-        )
-    if card.is_signature and (names is None or size is None):
-        raise ContractError(
-            f"{what}: its {contract.CARD_SIGNATURE!r} signature gives a card without class_names "
-            "or input_size"
-        )
-    return own
-
-
-def _check_names(what: str, names: Any, where: str) -> None:
-    if not (isinstance(names, list) and names and all(isinstance(n, str) and n.strip() for n in names)):
-        raise ContractError(f"{what}: {where} must give class_names as a list of non-empty strings")
-    if len(set(names)) != len(names):
-        twice = sorted({n for n in names if names.count(n) > 1})
-        raise ContractError(f"{what}: {where} names a class twice ({', '.join(twice)})")
+        return ModelCard()
+    with _refused(what):
+        own = card.card if isinstance(card.card, ModelCard) else parse_card(card.card, card.where)
+        if card.is_signature:
+            own.classes_and_size(card.where)
+        return own
 
 
 def _input_size(
-    what: str, image: TensorSpec, own: Mapping[str, Any], card: CardSource | None
+    what: str, image: TensorSpec, own: ModelCard, card: CardSource | None
 ) -> tuple[tuple[int, int], str]:
     assert image.shape is not None  # checked by _image_input
     height, width = image.shape[1], image.shape[2]
-    if "input_size" in own:
-        size = (int(own["input_size"][0]), int(own["input_size"][1]))
+    if own.input_size is not None:
+        size = own.input_size
         if (height is not None and height != size[0]) or (width is not None and width != size[1]):
             raise ContractError(
                 f"{what}: the model card ({card.where if card else ''}) gives input size "
@@ -237,17 +225,18 @@ def _input_size(
 def _class_names(
     what: str,
     classes: int | None,
-    own: Mapping[str, Any],
+    own: ModelCard,
     card: CardSource | None,
     configured: Sequence[str] | None,
 ) -> tuple[list[str], str]:
-    if "class_names" in own:
-        names, source = list(own["class_names"]), card.where if card is not None else ""
+    if own.class_names is not None:
+        names, source = list(own.class_names), card.where if card is not None else ""
         if configured:
             log.warning("%s: its card names the classes; %s for it is ignored", what, CLASS_NAMES_SETTING)
     elif configured:
         names, source = list(configured), f"the setting {CLASS_NAMES_SETTING}"
-        _check_names(what, names, source)
+        with _refused(what):
+            check_class_names(names, source)
     elif classes is not None:
         names, source = [f"class_{i}" for i in range(classes)], "generic (no card and no setting)"
     else:
