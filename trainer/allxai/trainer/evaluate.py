@@ -16,6 +16,7 @@ import numpy as np
 import tensorflow as tf
 
 from allxai.contract import names as contract
+from allxai.contract.card import ModelCard, parse_card
 from allxai.trainer.datasets import index_dataset
 from allxai.trainer.loading import load_samples, summary
 
@@ -23,28 +24,22 @@ from allxai.trainer.loading import load_samples, summary
 BATCH = 64
 
 
-def _read_card(loaded: Any, model_path: Path, card_path: Path | None) -> tuple[dict[str, Any], str]:
-    """The model card and where it came from; an empty card when the model has none."""
-    card, source = _find_card(loaded, model_path, card_path)
-    if not isinstance(card, dict):
-        raise ValueError(f"the model card ({source}) is not a JSON object")
-    size = card.get("input_size")
-    if size is not None and not (
-        isinstance(size, list) and len(size) == 2 and all(isinstance(v, int) and v > 0 for v in size)
-    ):
-        raise ValueError(f"the model card's input_size must be [height, width], got {size!r}")
-    return card, source
-
-
-def _find_card(loaded: Any, model_path: Path, card_path: Path | None) -> tuple[Any, str]:
+def _read_card(loaded: Any, model_path: Path, card_path: Path | None) -> tuple[ModelCard, str]:
+    """The model card under the contract's schema and where it came from (a
+    :class:`~allxai.contract.card.CardError`, a ValueError, when it breaks it); an empty card when the
+    model has none."""
     if card_path is not None:
-        return json.loads(card_path.read_text()), f"card from {card_path}"
-    if contract.CARD_SIGNATURE in loaded.signatures:
+        raw: str | bytes = card_path.read_bytes()
+        where = str(card_path)
+    elif contract.CARD_SIGNATURE in loaded.signatures:
         raw = loaded.signatures[contract.CARD_SIGNATURE]()[contract.CARD_OUTPUT].numpy()
-        return json.loads(raw.decode()), f"card from the {contract.CARD_SIGNATURE!r} signature"
-    if (model_path / contract.CARD_FILE).is_file():
-        return json.loads((model_path / contract.CARD_FILE).read_text()), f"card from {contract.CARD_FILE}"
-    return {}, "no model card"
+        where = f"the {contract.CARD_SIGNATURE!r} signature"
+    elif (model_path / contract.CARD_FILE).is_file():
+        raw = (model_path / contract.CARD_FILE).read_bytes()
+        where = contract.CARD_FILE
+    else:
+        return ModelCard(), "no model card"
+    return parse_card(raw, where), f"card from {where}"
 
 
 def _serving(loaded: Any) -> tuple[Any, str, tf.TensorSpec, str]:
@@ -83,15 +78,15 @@ def evaluate_export(
     serve, input_name, spec, output = _serving(loaded)
     index = index_dataset(data, layout)  # type: ignore[arg-type]
     notes = [source]
-    if card.get("class_names"):
-        names = list(card["class_names"])
+    if card.class_names is not None:
+        names = list(card.class_names)
         if index.class_names != names:
             raise ValueError(f"the data's classes {index.class_names} differ from the model's {names}")
     else:
         names = index.class_names
         notes.append(f"class names from the data's class folders, in order: {', '.join(names)}")
-    if card.get("input_size"):
-        size = (int(card["input_size"][0]), int(card["input_size"][1]))
+    if card.input_size is not None:
+        size = card.input_size
     elif spec.shape[1] is not None and spec.shape[2] is not None:
         size = (int(spec.shape[1]), int(spec.shape[2]))
         notes.append(f"input size {size[0]}x{size[1]} from the serving signature")

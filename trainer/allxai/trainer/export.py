@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import shutil
 import uuid
+from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,7 @@ import numpy.typing as npt
 import tensorflow as tf
 
 from allxai.contract import names as contract
+from allxai.contract.card import CardError, ModelCard, dump_card, parse_card
 
 #: Perturbed images the compose signature builds and predicts at a time.
 COMPOSE_CHUNK = 64
@@ -105,7 +107,7 @@ def export_model(
     base: Path,
     name: str,
     version: int,
-    card: dict[str, Any],
+    card: ModelCard | Mapping[str, Any],
     check_images: npt.NDArray[np.uint8],
     atol: float = 1e-4,
 ) -> Path:
@@ -113,12 +115,12 @@ def export_model(
 
     The SavedModel is written to a hidden temporary folder first (TensorFlow Serving ignores
     folders whose names are not numbers) and renamed into place only after the check passes,
-    so a model server never sees a half-written version.
+    so a model server never sees a half-written version. The card is checked and written
+    under the contract's schema (:mod:`allxai.contract.card`), as the gateway will read it.
     """
     target = export_target(base, name, version)
-    input_size = (int(card["input_size"][0]), int(card["input_size"][1]))
-    card_json = json.dumps(card, sort_keys=True)
-    module = ServingModule(model, input_size, card_json)
+    card, input_size = _checked_card(card, int(model.output_shape[-1]))
+    module = ServingModule(model, input_size, dump_card(card))
     tmp = base / name / f".tmp-{version}-{uuid.uuid4().hex[:8]}"
     tmp.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -132,9 +134,13 @@ def export_model(
             },
         )
         (tmp / contract.CARD_FILE).parent.mkdir(parents=True, exist_ok=True)
-        (tmp / contract.CARD_FILE).write_text(json.dumps(card, indent=2, sort_keys=True))
+        (tmp / contract.CARD_FILE).write_text(dump_card(card, indent=2))
         write_warmup_requests(tmp / contract.WARMUP_FILE, name, input_size)
         _check_export(model, tmp, check_images, atol)
+        try:  # last, before the version appears: the gateway refuses a card without class names
+            card.classes_and_size()
+        except CardError as exc:
+            raise ExportError(str(exc)) from exc
         tmp.rename(target)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -177,22 +183,42 @@ def write_warmup_requests(
             writer.write(log.SerializeToString())
 
 
-def export_checkpoint(config: Any, weights: Path, card: dict[str, Any] | None) -> Path:
+def export_checkpoint(config: Any, weights: Path, card: Mapping[str, Any] | None) -> Path:
     """Rebuild ``config``'s architecture, load a checkpoint's weights, export it under the contract."""
     from allxai.trainer.models import build_model  # noqa: PLC0415
 
     if not weights.is_file():
         raise ExportError(f"weights file {weights} does not exist")
-    classes = (card or {}).get("class_names")
-    if not classes:
+    try:
+        given = parse_card(card or {})
+    except CardError as exc:
+        raise ExportError(str(exc)) from exc
+    if given.class_names is None:
         raise ExportError("the model card with class_names is needed to export a checkpoint (use --card)")
     size = (config.input_size, config.input_size)
-    model = build_model(config.arch, len(classes), size, weights=None)
+    model = build_model(config.arch, len(given.class_names), size, weights=None)
     model.load_weights(str(weights))
-    card = {**(card or {}), "name": config.name, "version": config.version, "input_size": list(size)}
+    given = replace(given, name=config.name, version=config.version, input_size=size)
     rng = np.random.default_rng(0)
     check = rng.integers(0, 256, (4, *size, 3), dtype=np.uint8)
-    return export_model(model, config.out, config.name, config.version, card, check)
+    return export_model(model, config.out, config.name, config.version, given, check)
+
+
+def _checked_card(card: ModelCard | Mapping[str, Any], classes: int) -> tuple[ModelCard, tuple[int, int]]:
+    """The card as the gateway will read it (a card built in code is checked in the JSON it gives)
+    and the input size the signatures need; when it names the classes, one per score."""
+    try:
+        checked = parse_card(dump_card(card) if isinstance(card, ModelCard) else card)
+    except CardError as exc:
+        raise ExportError(str(exc)) from exc
+    if checked.input_size is None:
+        raise ExportError("the model card gives no input_size [height, width]; the export needs it")
+    if checked.class_names is not None and len(checked.class_names) != classes:
+        raise ExportError(
+            f"the model card names {len(checked.class_names)} classes, but the model gives scores "
+            f"for {classes}"
+        )
+    return checked, checked.input_size
 
 
 def _check_export(model: Any, path: Path, images: npt.NDArray[np.uint8], atol: float) -> None:

@@ -3,7 +3,6 @@ on validation and held-out test images, write the reports, and export the best f
 
 from __future__ import annotations
 
-import json
 import logging
 import platform
 import random
@@ -15,8 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from allxai.contract import names as contract
 from allxai.contract import preprocessing
+from allxai.contract.card import ModelCard, dump_card, normal_classes
 from allxai.trainer.config import TrainConfig
 from allxai.trainer.datasets import DatasetIndex, Sample, check_trainable, index_dataset
 from allxai.trainer.fit import balanced_class_weights
@@ -196,7 +195,7 @@ def run(config: TrainConfig) -> RunResult:
         extra={"params": params, "seconds": time.monotonic() - started},
     )
     card = _card(config, names, dataset, fold_summary, best_test)
-    (config.reports / "model_card.json").write_text(json.dumps(card, indent=2))
+    (config.reports / "model_card.json").write_text(dump_card(card, indent=2))
     export_path = None
     if config.export:
         from allxai.trainer.export import export_model  # noqa: PLC0415
@@ -212,26 +211,26 @@ def _card(
     dataset: dict[str, Any],
     folds: dict[str, Any],
     test: dict[str, Any] | None,
-) -> dict[str, Any]:
+) -> ModelCard:
     import keras  # noqa: PLC0415
     import tensorflow as tf  # noqa: PLC0415
 
-    return {
-        "name": config.name,
-        "version": config.version,
-        "architecture": config.arch,
-        "class_names": names,
-        "display_names": {c: DISPLAY_NAMES[c] for c in names if c in DISPLAY_NAMES},
-        "normal_class_names": [c for c in names if c in contract.NORMAL_CLASS_NAMES],
-        "input_size": [config.input_size, config.input_size],
-        "preprocessing": preprocessing.DESCRIPTION,
-        "data": {k: v for k, v in dataset.items() if k not in _LONG_LISTS},
-        "metrics": {"cross_validation": folds, "test": test},
-        "training": config.model_dump(mode="json"),
-        "source_commit": source_commit(),
-        "software": {
+    return ModelCard(
+        name=config.name,
+        version=config.version,
+        architecture=config.arch,
+        class_names=tuple(names),
+        display_names={c: DISPLAY_NAMES[c] for c in names if c in DISPLAY_NAMES},
+        normal_class_names=normal_classes(names),
+        input_size=(config.input_size, config.input_size),
+        preprocessing=preprocessing.DESCRIPTION,
+        data={k: v for k, v in dataset.items() if k not in _LONG_LISTS},
+        metrics={"cross_validation": folds, "test": test},
+        training=config.model_dump(mode="json"),
+        source_commit=source_commit(),
+        software={
             "python": platform.python_version(),
             "tensorflow": tf.__version__,
             "keras": keras.__version__,
         },
-    }
+    )
