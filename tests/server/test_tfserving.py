@@ -167,7 +167,7 @@ async def test_a_slow_server_meets_the_deadline_and_an_absent_one_is_unavailable
         await fake.stop()
 
     nowhere = TFServingBackend(f"127.0.0.1:{port}", ["allnet"], retries=2)
-    nowhere._open()
+    nowhere.connect()
     started = time.monotonic()
     with pytest.raises(BackendUnavailable, match="UNAVAILABLE"):
         await nowhere.predict(info, _images(1), timeout=5)
@@ -200,7 +200,7 @@ async def test_mtls_to_the_model_server(model_base: Path, tmp_path: Path) -> Non
         await good.start()
         info = await good.resolve(ModelSpec())
         assert (await good.predict(info, _images(2), timeout=10)).shape == (2, len(info.class_names))
-        no_client_cert._open()
+        no_client_cert.connect()
         with pytest.raises(BackendUnavailable):
             await no_client_cert.resolve(ModelSpec())
     finally:

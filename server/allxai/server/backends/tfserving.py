@@ -15,6 +15,9 @@ What it does that a plain stub does not:
   exponential backoff inside that deadline, and translates TensorFlow Serving's codes into ours;
 - balances per request across pods: with a ``dns:///`` target naming a headless Service, the channel's
   ``round_robin`` policy spreads calls over every address, where a plain Service would pin one pod.
+
+The models' lookup lives in :mod:`.tfserving_models`, the wire (channel, retries, error translation,
+tensors) in :mod:`.tfserving_rpc`; this module is the backend and its predictions.
 """
 
 from __future__ import annotations
@@ -23,10 +26,8 @@ import asyncio
 import importlib
 import logging
 import time
-from collections.abc import Awaitable, Callable
 from typing import Any
 
-import grpc
 import numpy as np
 import numpy.typing as npt
 
@@ -34,17 +35,8 @@ from allxai.contract import names as contract
 from allxai.explainer.perturb import Composition
 from allxai.server.backends import signature
 from allxai.server.backends.base import Lane, ModelInfo, ModelSpec, compose_inputs
-from allxai.server.backends.tfserving_rpc import (
-    T,
-    TLSFiles,
-    call_with_retries,
-    fill_model_spec,
-    left,
-    open_channel,
-    signature_defs,
-    tensor_specs,
-    to_array,
-)
+from allxai.server.backends.tfserving_models import ModelCatalog
+from allxai.server.backends.tfserving_rpc import Connection, TLSFiles, fill_model_spec, to_array
 from allxai.server.errors import (
     AllxaiError,
     BackendError,
@@ -79,58 +71,41 @@ class TFServingBackend:
             raise ValueError("name the models TensorFlow Serving serves (ALLXAI_TFSERVING_MODELS)")
         if default_model and default_model not in models:
             raise ValueError(f"default model {default_model!r} is not among {models}")
-        self._target = target
-        self._models = list(models)
-        self._default = default_model or models[0]
+        self._rpc = Connection(target, tls, max_message_bytes, timeout, retries)
+        self._catalog = ModelCatalog(self._rpc, models, default_model, metadata_ttl, class_names or {})
         self._batch_size = batch_size
-        self._timeout = timeout
-        self._retries = retries
-        self._tls = tls
-        self._max_message_bytes = max_message_bytes
-        self._metadata_ttl = metadata_ttl
         self._poll = start_poll_seconds
-        self._class_names = class_names or {}
         # Explanation batches share these slots; Classify calls never wait for them.
         self._bulk_slots = asyncio.Semaphore(max_in_flight)
-        self._channel: grpc.aio.Channel | None = None
-        self._predict_stub: Any = None
-        self._model_stub: Any = None
-        self._resolved: dict[tuple[str, int | None, str | None], tuple[float, ModelInfo]] = {}
-        self._refreshing: dict[tuple[str, int | None, str | None], asyncio.Lock] = {}
-        self._cards: dict[tuple[str, int], signature.CardSource] = {}
-        self._closed = False
 
     # --- life cycle ---------------------------------------------------------------------------
 
-    def _open(self) -> None:
-        from tensorflow_serving.apis import (  # noqa: PLC0415  (imports all of TensorFlow)
-            model_service_pb2_grpc,
-            prediction_service_pb2_grpc,
-        )
+    def connect(self) -> None:
+        """Open the channel without waiting for the models (:meth:`start` opens it and waits).
 
-        channel = open_channel(self._target, self._tls, self._max_message_bytes)
-        self._channel = channel
-        self._predict_stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
-        self._model_stub = model_service_pb2_grpc.ModelServiceStub(channel)
+        Call it on the event loop's thread; the first call imports TensorFlow, for seconds.
+        """
+        if not self._rpc.is_open:
+            self._rpc.open()
 
     async def start(self) -> None:
         """Wait until every model has an AVAILABLE version and its metadata reads, then return."""
-        if self._channel is None:
+        if not self._rpc.is_open:
             # Importing tensorflow_serving imports all of TensorFlow (seconds): not on the event loop.
             # (The channel itself must be made on the loop's thread.)
             await asyncio.to_thread(
                 importlib.import_module, "tensorflow_serving.apis.prediction_service_pb2_grpc"
             )
-            self._open()
+            self.connect()
         waited = 0.0
         while True:
             try:
-                for name in self._models:
+                for name in self._catalog.names:
                     await self.resolve(ModelSpec(name=name))
                 return
             except (BackendUnavailable, ModelNotFound, DeadlineExceeded) as exc:
                 if waited == 0.0 or waited >= 30.0:
-                    log.warning("TensorFlow Serving at %s is not ready: %s", self._target, exc.message)
+                    log.warning("TensorFlow Serving at %s is not ready: %s", self._rpc.target, exc.message)
                     waited = 0.0
                 await asyncio.sleep(self._poll)
                 waited += self._poll
@@ -138,8 +113,8 @@ class TFServingBackend:
     async def check(self) -> bool:
         """Whether every model still has an AVAILABLE version (for the health service)."""
         try:
-            for name in self._models:
-                if not await self._available_versions(name, timeout=2.0):
+            for name in self._catalog.names:
+                if not await self._catalog.available_versions(name, timeout=2.0):
                     return False
         except AllxaiError:
             return False
@@ -147,108 +122,11 @@ class TFServingBackend:
 
     async def close(self) -> None:
         """Close the channel; in-flight calls end with CANCELLED."""
-        self._closed = True
-        if self._channel is not None:
-            await self._channel.close(None)
-
-    # --- models ---------------------------------------------------------------------------------
+        await self._rpc.close()
 
     async def resolve(self, spec: ModelSpec, timeout: float | None = None) -> ModelInfo:
-        """The exact version a spec names now (labels are re-read after ``metadata_ttl``)."""
-        name = spec.name or self._default
-        if name not in self._models:
-            raise ModelNotFound(f"model {name!r} is not served here (served: {', '.join(self._models)})")
-        key = (name, spec.version, spec.version_label)
-        cached = self._resolved.get(key)
-        if cached is not None and time.monotonic() - cached[0] < self._metadata_ttl:
-            return cached[1]
-        # One refresh per key at a time: callers arriving meanwhile wait for it instead of each
-        # sending their own metadata calls when the cache entry expires.
-        lock = self._refreshing.setdefault(key, asyncio.Lock())
-        deadline = time.monotonic() + (self._timeout if timeout is None else timeout)
-        try:
-            await asyncio.wait_for(lock.acquire(), max(0.0, deadline - time.monotonic()))
-        except TimeoutError as exc:
-            raise DeadlineExceeded(f"the deadline passed while model {name} was being looked up") from exc
-        try:
-            cached = self._resolved.get(key)
-            if cached is not None and time.monotonic() - cached[0] < self._metadata_ttl:
-                return cached[1]
-            info = await self._read_model(name, spec, deadline)
-            self._resolved[key] = (time.monotonic(), info)
-            return info
-        finally:
-            lock.release()
-
-    async def _read_model(self, name: str, spec: ModelSpec, deadline: float) -> ModelInfo:
-        from tensorflow_serving.apis import get_model_metadata_pb2  # noqa: PLC0415
-
-        request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
-        fill_model_spec(request.model_spec, name, spec.version, spec.version_label)
-        try:
-            response = await self._call(
-                lambda t: self._predict_stub.GetModelMetadata(request, timeout=t),
-                left(deadline),
-                f"metadata of {name}",
-            )
-        except BackendError as exc:
-            if spec.version_label:  # TensorFlow Serving says INVALID_ARGUMENT for an unknown label
-                raise ModelNotFound(f"model {name!r} has no version label {spec.version_label!r}") from exc
-            raise
-        version = int(response.model_spec.version.value)
-        signatures = signature_defs(response)
-        if contract.SERVING_SIGNATURE not in signatures:
-            found = ", ".join(sorted(signatures)) or "none"
-            raise BackendError(
-                f"model {name} version {version} has no {contract.SERVING_SIGNATURE!r} signature "
-                f"(it has: {found})"
-            )
-        versions = await self._available_versions(name, timeout=left(deadline))
-        serving = signatures[contract.SERVING_SIGNATURE]
-        try:
-            has_card = contract.CARD_SIGNATURE in signatures
-            card = await self._read_card(name, version, deadline) if has_card else None
-            return signature.derive_model_info(
-                name,
-                version,
-                tensor_specs(serving.inputs),
-                tensor_specs(serving.outputs),
-                card=card,
-                configured_names=self._class_names.get(name),
-                has_composition=contract.COMPOSE_SIGNATURE in signatures,
-                available_versions=tuple(versions),
-            )
-        except signature.ContractError as exc:
-            raise BackendError(str(exc)) from exc
-
-    async def _read_card(self, name: str, version: int, deadline: float) -> signature.CardSource:
-        """The ``model_card`` signature's card, read once per version (a version never changes)."""
-        from tensorflow_serving.apis import predict_pb2  # noqa: PLC0415
-
-        cached = self._cards.get((name, version))
-        if cached is not None:
-            return cached
-        request = predict_pb2.PredictRequest()
-        fill_model_spec(request.model_spec, name, version, None, contract.CARD_SIGNATURE)
-        response = await self._call(
-            lambda t: self._predict_stub.Predict(request, timeout=t), left(deadline), f"model card of {name}"
-        )
-        raw = to_array(response.outputs[contract.CARD_OUTPUT])
-        where = f"the {contract.CARD_SIGNATURE!r} signature"
-        card = signature.card_from_json(name, version, bytes(raw.reshape(-1)[0]), where, is_signature=True)
-        self._cards[(name, version)] = card
-        return card
-
-    async def _available_versions(self, name: str, timeout: float | None) -> list[int]:
-        from tensorflow_serving.apis import get_model_status_pb2  # noqa: PLC0415
-
-        request = get_model_status_pb2.GetModelStatusRequest()
-        request.model_spec.name = name
-        response = await self._call(
-            lambda t: self._model_stub.GetModelStatus(request, timeout=t), timeout, f"status of {name}"
-        )
-        available = get_model_status_pb2.ModelVersionStatus.AVAILABLE
-        return sorted(int(s.version) for s in response.model_version_status if s.state == available)
+        """The exact version a spec names now (see :class:`.ModelCatalog`)."""
+        return await self._catalog.resolve(spec, timeout)
 
     # --- predictions ----------------------------------------------------------------------------
 
@@ -292,7 +170,7 @@ class TFServingBackend:
     ) -> npt.NDArray[np.float32]:
         if not calls:
             return np.zeros((0, len(model.class_names)), np.float32)
-        deadline = time.monotonic() + (self._timeout if timeout is None else timeout)
+        deadline = time.monotonic() + (self._rpc.timeout if timeout is None else timeout)
         parts = await asyncio.gather(
             *(self._predict_one(model, signature_name, output, inputs, deadline, lane) for inputs in calls)
         )
@@ -317,8 +195,8 @@ class TFServingBackend:
         what = f"{model.name} version {model.version}"
 
         async def send() -> npt.NDArray[np.float32]:
-            response = await self._call(
-                lambda t: self._predict_stub.Predict(request, timeout=t),
+            response = await self._rpc.call(
+                lambda t: self._rpc.predict_stub.Predict(request, timeout=t),
                 max(0.0, deadline - time.monotonic()),
                 what,
             )
@@ -333,12 +211,3 @@ class TFServingBackend:
             return await send()
         async with self._bulk_slots:
             return await send()
-
-    # --- plumbing -------------------------------------------------------------------------------
-
-    async def _call(self, send: Callable[[float], Awaitable[T]], timeout: float | None, what: str) -> T:
-        """One unary call with the deadline, retrying UNAVAILABLE (see :func:`call_with_retries`)."""
-        if self._channel is None or self._closed:
-            raise BackendUnavailable("the TensorFlow Serving channel is closed")
-        budget = self._timeout if timeout is None else timeout
-        return await call_with_retries(send, budget, what, self._retries, lambda: self._closed)

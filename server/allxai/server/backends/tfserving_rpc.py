@@ -1,4 +1,5 @@
-"""The wire to TensorFlow Serving: channel options, TLS files, retries, error translation, tensors."""
+"""The wire to TensorFlow Serving: the connection, channel options, TLS files, retries, error
+translation, tensors."""
 
 from __future__ import annotations
 
@@ -137,6 +138,54 @@ async def call_with_retries(
             log.info("%s: UNAVAILABLE, retry %d in %.2f s", what, attempt, pause)
             await asyncio.sleep(pause)
             delay = min(delay * 2, 1.0)
+
+
+class Connection:
+    """One (load-balanced) channel to TensorFlow Serving, its two stubs, and every call over them."""
+
+    def __init__(
+        self, target: str, tls: TLSFiles | None, max_message_bytes: int, timeout: float, retries: int
+    ) -> None:
+        self.target = target
+        #: Seconds a call may take when the caller gives no deadline.
+        self.timeout = timeout
+        self._tls = tls
+        self._max_message_bytes = max_message_bytes
+        self._retries = retries
+        self._channel: grpc.aio.Channel | None = None
+        self._closed = False
+        self.predict_stub: Any = None  # tensorflow.serving.PredictionService
+        self.model_stub: Any = None  # tensorflow.serving.ModelService
+
+    @property
+    def is_open(self) -> bool:
+        """Whether :meth:`open` made the channel."""
+        return self._channel is not None
+
+    def open(self) -> None:
+        """Make the channel and its stubs; on the event loop's thread (grpc.aio channels belong to it)."""
+        from tensorflow_serving.apis import (  # noqa: PLC0415  (imports all of TensorFlow)
+            model_service_pb2_grpc,
+            prediction_service_pb2_grpc,
+        )
+
+        channel = open_channel(self.target, self._tls, self._max_message_bytes)
+        self._channel = channel
+        self.predict_stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        self.model_stub = model_service_pb2_grpc.ModelServiceStub(channel)
+
+    async def close(self) -> None:
+        """Close the channel; calls in flight end with CANCELLED, and none is retried."""
+        self._closed = True
+        if self._channel is not None:
+            await self._channel.close(None)
+
+    async def call(self, send: Callable[[float], Awaitable[T]], timeout: float | None, what: str) -> T:
+        """One unary call with the deadline, retrying UNAVAILABLE (see :func:`call_with_retries`)."""
+        if self._channel is None or self._closed:
+            raise BackendUnavailable("the TensorFlow Serving channel is closed")
+        budget = self.timeout if timeout is None else timeout
+        return await call_with_retries(send, budget, what, self._retries, lambda: self._closed)
 
 
 def left(deadline: float) -> float:
