@@ -18,8 +18,8 @@ What is compared, over the same untrained ALL-Net SavedModel at 224x224 and the 
   the run prints the best ratio a gateway that did nothing could reach at concurrency 1 (direct's median
   over direct's plus the floor's);
 - with ``--tfserving`` (on by default; ``--no-tfserving`` to skip): the TensorFlow Serving path, with
-  ``tests/support/tfserving_fake.py`` (TensorFlow Serving's real gRPC protocol over the real SavedModel) as the
-  model server: **tfs direct** is decode + one ``PredictRequest`` from this process with the
+  ``tests/support/tfserving_fake.py`` (TensorFlow Serving's real gRPC protocol over the real SavedModel) as
+  the model server: **tfs direct** is decode + one ``PredictRequest`` from this process with the
   tensorflow-serving-api stub, **tfs gateway** is Classify through a gateway with ``backend=tfserving``.
 
 Each point is a closed loop of N asyncio tasks (N = 1, 16) for a fixed time, after a warm-up that is not
@@ -232,7 +232,7 @@ async def run_tfserving(
 ) -> list[dict[str, Any]]:
     fake = Child(
         "tfserving-fake",
-        [sys.executable, "-m", "tests.tfserving_fake", "--base", str(base)],
+        [sys.executable, "-m", "tests.support.tfserving_fake", "--base", str(base)],
         {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2"},
         work,
     )
@@ -268,7 +268,10 @@ async def run_tfserving(
                 {"client": os.getpid(), "gateway": gateway.pid, "model server": fake.pid},
             ),
         ]
-        print("\n== TensorFlow Serving backend (tests/support/tfserving_fake.py):", ", ".join(m.name for m in group))
+        print(
+            "\n== TensorFlow Serving backend (tests/support/tfserving_fake.py):",
+            ", ".join(m.name for m in group),
+        )
         await measure(group, levels, args.rounds, args.warmup, args.seconds)
         await direct_channel.close(None)
         await channel.close(None)
