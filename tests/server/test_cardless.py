@@ -302,9 +302,9 @@ def test_the_class_names_setting_refuses_blanks_and_repeats() -> None:
     from allxai.server.settings import Settings
 
     assert Settings(class_names={NAME: ["a", "b"]}).class_names == {NAME: ["a", "b"]}
-    with pytest.raises(ValidationError, match="a class name appears twice"):
+    with pytest.raises(ValidationError, match="names a class twice"):
         Settings(class_names={NAME: ["a", "a"]})
-    with pytest.raises(ValidationError, match="one or more non-empty class names"):
+    with pytest.raises(ValidationError, match="list of non-empty strings"):
         Settings(class_names={NAME: ["a", " "]})
 
 

@@ -8,6 +8,8 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from allxai.contract.card import check_class_names
+
 
 class Settings(BaseSettings):
     """Every setting of the gateway, with its default. Built once in ``main()`` and passed down."""
@@ -134,10 +136,8 @@ class Settings(BaseSettings):
     @field_validator("class_names")
     @classmethod
     def _distinct_class_names(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
-        # Duplicates or blanks would make answers ambiguous; say so at start-up, not per request.
+        # Duplicates or blanks would make answers ambiguous; say so at start-up, not per request. The
+        # rules are the model card's (allxai.contract.card), so a name a card may carry a setting may too.
         for model, names in value.items():
-            if not names or any(not name.strip() for name in names):
-                raise ValueError(f"model {model!r}: give one or more non-empty class names")
-            if len(set(names)) != len(names):
-                raise ValueError(f"model {model!r}: a class name appears twice in {names}")
+            check_class_names(names, f"ALLXAI_CLASS_NAMES for model {model!r}")
         return value
