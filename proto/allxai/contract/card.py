@@ -24,6 +24,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from allxai.contract.calibration import CalibrationError, ConformalSets, DomainGate
 from allxai.contract.names import NORMAL_CLASS_NAMES
 
 
@@ -62,6 +63,10 @@ class ModelCard:
     source_commit: str | None = None
     #: Versions of the software that trained the model (python, tensorflow, keras).
     software: Mapping[str, str] | None = None
+    #: The input-domain gate: the score's output, its calibrated threshold and figures.
+    domain: DomainGate | None = None
+    #: The conformal prediction sets' calibration.
+    conformal: ConformalSets | None = None
     #: Fields the contract does not know, as written (and the gateway's notes on where values came from).
     extra: Mapping[str, Any] = field(default_factory=dict)
 
@@ -70,7 +75,9 @@ class ModelCard:
         known: dict[str, Any] = {}
         for name in _KNOWN:
             value = getattr(self, name)
-            if isinstance(value, tuple):
+            if isinstance(value, DomainGate | ConformalSets):
+                value = value.to_dict()
+            elif isinstance(value, tuple):
                 value = list(value)
             elif isinstance(value, Mapping):
                 value = dict(value)
@@ -208,6 +215,16 @@ def _texts(value: object, key: str, the: str) -> dict[str, str]:
     return _object(value, key, the)
 
 
+def _calibration(parse: Callable[[object], Any]) -> Callable[[object, str, str], Any]:
+    def parsed(value: object, key: str, the: str) -> Any:
+        try:
+            return parse(value)
+        except CalibrationError as exc:
+            raise CardError(f"{the}: {exc}") from exc
+
+    return parsed
+
+
 _PARSERS: dict[str, Callable[[object, str, str], Any]] = {
     "class_names": _names,
     "input_size": _size,
@@ -222,6 +239,8 @@ _PARSERS: dict[str, Callable[[object, str, str], Any]] = {
     "training": _object,
     "source_commit": _text,
     "software": _texts,
+    "domain": _calibration(DomainGate.parse),
+    "conformal": _calibration(ConformalSets.parse),
 }
 _KNOWN = tuple(f.name for f in fields(ModelCard) if f.name != "extra")
 assert set(_KNOWN) == set(_PARSERS), "every field of the card has exactly one parser"
