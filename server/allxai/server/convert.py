@@ -17,7 +17,7 @@ from allxai.server.backends.base import ModelInfo, ModelSpec
 from allxai.server.errors import InvalidInput
 from allxai.server.logs import request_id_var
 from allxai.server.options import ExplainOptions, Picture
-from allxai.server.outcomes import Classification, ExplainOutcome, Timings
+from allxai.server.outcomes import Classification, ExplainOutcome, SpecimenSummary, Timings
 from allxai.v1 import diagnosis_pb2 as pb
 
 Context = grpc.aio.ServicerContext[Any, Any]
@@ -55,12 +55,52 @@ def model_ref(info: ModelInfo) -> pb.ModelRef:
 
 
 def classification(c: Classification) -> pb.Classification:
-    return pb.Classification(
+    out = pb.Classification(
         scores=[pb.ClassScore(label=n, score=s) for n, s in zip(c.class_names, c.scores, strict=True)],
         label=c.label,
         confidence=c.confidence,
         label_index=c.label_index,
+        prediction_set=c.prediction_set,
     )
+    # Optional fields stay absent when nothing was checked: "no check" is not "in domain".
+    if c.in_domain is not None:
+        out.in_domain = c.in_domain
+    if c.domain_score is not None:
+        out.domain_score = c.domain_score
+    if c.domain_threshold is not None:
+        out.domain_threshold = c.domain_threshold
+    if c.coverage is not None:
+        out.coverage = c.coverage
+    return out
+
+
+def specimen_summary(summary: SpecimenSummary) -> pb.SpecimenSummary:
+    return pb.SpecimenSummary(
+        counts=[pb.ClassCount(label=k, count=v) for k, v in summary.counts.items()],
+        blast_fraction=summary.blast_fraction,
+        review_first=summary.review_first,
+        out_of_domain=summary.out_of_domain,
+        ambiguous=summary.ambiguous,
+        counted=summary.counted,
+        needs_review=summary.needs_review,
+        review_reason=summary.review_reason,
+    )
+
+
+def judgement(c: Classification) -> dict[str, Any]:
+    """The domain check and the prediction set, for the audit trail."""
+    return {
+        "in_domain": c.in_domain,
+        "domain_score": c.domain_score,
+        "domain_threshold": c.domain_threshold,
+        "prediction_set": list(c.prediction_set),
+        "coverage": c.coverage,
+    }
+
+
+def alpha(value: float) -> float | None:
+    """A request's miscoverage level: 0 means the server's default (None here)."""
+    return value or None
 
 
 def timings(t: Timings) -> pb.Timings:
@@ -169,6 +209,7 @@ def explain_response(
             quality=quality(result.quality),
             stopped_early=result.stopped_early,
             composition=pb.COMPOSITION_MODEL if result.composition == "model" else pb.COMPOSITION_GATEWAY,
+            warnings=outcome.warnings,
         ),
         model=model_ref(outcome.model),
         request_id=request_id,
@@ -194,6 +235,7 @@ def explain_record(outcome: ExplainOutcome, request: pb.ExplainRequest, request_
         "model": {"name": outcome.model.name, "version": outcome.model.version},
         "label": outcome.classification.label,
         "scores": scores(outcome.classification),
+        **judgement(outcome.classification),
         "explanation": {
             "label": outcome.model.class_names[result.label_index],
             "seed": result.seed,

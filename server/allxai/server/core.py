@@ -14,8 +14,9 @@ import numpy.typing as npt
 
 from allxai.contract.preprocessing import ImageError, ImageLimits, prepare_image
 from allxai.explainer.perturb import Composition
+from allxai.server import gate
 from allxai.server.admission import Admission
-from allxai.server.backends.base import Backend, ModelInfo, ModelSpec
+from allxai.server.backends.base import Backend, ModelInfo, ModelSpec, split_rows
 from allxai.server.errors import FailedPrecondition, InvalidInput
 from allxai.server.metrics import Metrics
 from allxai.server.options import ExplainOptions, explain_plan
@@ -52,31 +53,47 @@ class Diagnosis:
         except ImageError as exc:
             raise InvalidInput(field_name, str(exc)) from exc
 
-    async def classify(self, data: bytes, spec: ModelSpec, timeout: float | None) -> ClassifyOutcome:
-        """Classify one encoded image."""
+    async def classify(
+        self, data: bytes, spec: ModelSpec, timeout: float | None, alpha: float | None = None
+    ) -> ClassifyOutcome:
+        """Classify one encoded image, with the domain check and the prediction set at level ``alpha``."""
         async with self._classifications:
-            return await self._classify(data, spec, timeout)
+            return await self._classify(data, spec, timeout, alpha)
 
-    async def _classify(self, data: bytes, spec: ModelSpec, timeout: float | None) -> ClassifyOutcome:
+    async def _classify(
+        self, data: bytes, spec: ModelSpec, timeout: float | None, alpha: float | None
+    ) -> ClassifyOutcome:
         started = time.perf_counter()
         deadline = _deadline(timeout)
         model = await self._backend.resolve(spec, _left(deadline))
+        level = gate.level(model, alpha)
         image = await self._prepare(data, model, "image.data")
         prepared = time.perf_counter()
-        probs = await self._backend.predict(model, image[None], _left(deadline))
+        rows = await self._backend.predict(model, image[None], _left(deadline))
         done = time.perf_counter()
+        (classification,) = self._judge(model, rows, [data], level)
+        gate.enforce(self._settings.domain_policy, model, classification)
         timings = Timings(preprocess=prepared - started, model=done - prepared, total=done - started)
-        return ClassifyOutcome(model, _classification(model, probs[0]), timings)
+        return ClassifyOutcome(model, classification, timings)
+
+    def _judge(
+        self, model: ModelInfo, rows: npt.NDArray[np.float32], images: list[bytes], level: float | None
+    ) -> list[Classification]:
+        """The answers for the model's rows, counted in the domain metrics."""
+        answers = gate.classify_rows(model, rows, images, level)
+        if self._metrics is not None:
+            self._metrics.observe_domain(model, answers)
+        return answers
 
     async def classify_specimen(
-        self, images: list[bytes], spec: ModelSpec, timeout: float | None
+        self, images: list[bytes], spec: ModelSpec, timeout: float | None, alpha: float | None = None
     ) -> SpecimenOutcome:
-        """Classify every cell of a specimen in batches, and summarise."""
+        """Classify every cell of a specimen in batches, and summarise the cells inside the domain."""
         async with self._classifications:
-            return await self._classify_specimen(images, spec, timeout)
+            return await self._classify_specimen(images, spec, timeout, alpha)
 
     async def _classify_specimen(
-        self, images: list[bytes], spec: ModelSpec, timeout: float | None
+        self, images: list[bytes], spec: ModelSpec, timeout: float | None, alpha: float | None
     ) -> SpecimenOutcome:
         if not images:
             raise InvalidInput("images", "the request carries no images")
@@ -94,18 +111,15 @@ class Diagnosis:
                 "meaning; give its class names with ALLXAI_CLASS_NAMES (a class named Benign, hem or "
                 "normal is normal) or in its model card's normal_class_names"
             )
+        level = gate.level(model, alpha)
         prepared = [await self._prepare(data, model, f"images[{i}].data") for i, data in enumerate(images)]
         t_prep = time.perf_counter()
-        probs = await self._backend.predict(model, np.stack(prepared), _left(deadline))
+        rows = await self._backend.predict(model, np.stack(prepared), _left(deadline))
         done = time.perf_counter()
-        cells = [_classification(model, p) for p in probs]
-        counts = {name: 0 for name in model.class_names}
-        for cell in cells:
-            counts[cell.label] += 1
-        blasts = sum(n for name, n in counts.items() if name not in model.normal_class_names)
-        review = sorted(range(len(cells)), key=lambda i: cells[i].confidence)
+        cells = self._judge(model, rows, images, level)
+        summary = gate.summarise(model, cells, self._settings.specimen_review_share)
         timings = Timings(preprocess=t_prep - started, model=done - t_prep, total=done - started)
-        return SpecimenOutcome(model, cells, counts, blasts / len(cells), review, timings)
+        return SpecimenOutcome(model, cells, summary, timings)
 
     async def explain(
         self,
@@ -114,8 +128,12 @@ class Diagnosis:
         options: ExplainOptions,
         timeout: float | None,
         progress: ProgressFn | None = None,
+        alpha: float | None = None,
     ) -> ExplainOutcome:
-        """Classify and explain one image; cancelling the call stops the work at its next batch."""
+        """Classify and explain one image; cancelling the call stops the work at its next batch.
+
+        An image outside the training domain is still explained (under the ``flag`` policy), and the
+        outcome's warnings say so."""
         from allxai.explainer.engine import explain  # noqa: PLC0415
         from allxai.explainer.segmentation import SegmentationError  # noqa: PLC0415
 
@@ -124,6 +142,7 @@ class Diagnosis:
         async with self._explanations:
             started = time.perf_counter()
             model = await self._backend.resolve(spec, _left(deadline))
+            level = gate.level(model, alpha)
             image = await self._prepare(data, model, "image.data")
             if plan.settings.composition == "model" and not model.has_composition:
                 raise InvalidInput(
@@ -133,12 +152,16 @@ class Diagnosis:
             target = self._target(model, plan.target_label) if plan.target_label else None
             predictor = _BackendPredictor(self._backend, model, deadline)
             t_prep = time.perf_counter()
+            # The answer itself, with its domain score (which perturbed images have no use for), first:
+            # under the refuse policy an image outside the domain costs no explanation.
+            rows = await predictor.timed(self._backend.predict(model, image[None], _left(deadline)))
+            (classification,) = self._judge(model, rows, [data], level)
+            gate.enforce(self._settings.domain_policy, model, classification)
             try:
                 result = await explain(image, predictor, plan.settings, label=target, progress=progress)
             except SegmentationError as exc:
                 raise InvalidInput("options.segmentation_params", str(exc)) from exc
             done = time.perf_counter()
-            classification = _classification(model, result.probabilities)
             timings = Timings(
                 preprocess=t_prep - started,
                 model=predictor.seconds,
@@ -148,7 +171,8 @@ class Diagnosis:
             if self._metrics is not None:
                 self._metrics.explanation_samples.observe(result.num_samples)
                 self._metrics.explanation_seconds.observe(done - started)
-            return ExplainOutcome(model, classification, result, image, plan.pictures, timings)
+            warnings = gate.explanation_warnings(classification)
+            return ExplainOutcome(model, classification, result, image, plan.pictures, timings, warnings)
 
     @staticmethod
     def _target(model: ModelInfo, label: str) -> int:
@@ -175,7 +199,8 @@ class _BackendPredictor:
     def has_composition(self) -> bool:
         return self._model.has_composition
 
-    async def _timed(self, call: Awaitable[npt.NDArray[np.float32]]) -> npt.NDArray[np.float32]:
+    async def timed(self, call: Awaitable[npt.NDArray[np.float32]]) -> npt.NDArray[np.float32]:
+        """Await a model call, counting its time in ``seconds``."""
         if self._busy == 0:
             self._since = time.perf_counter()
         self._busy += 1
@@ -187,10 +212,11 @@ class _BackendPredictor:
                 self.seconds += time.perf_counter() - self._since
 
     async def predict(self, images: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
-        return await self._timed(self._backend.predict(self._model, images, _left(self._deadline), "bulk"))
+        rows = await self.timed(self._backend.predict(self._model, images, _left(self._deadline), "bulk"))
+        return split_rows(self._model, rows)[0]  # the explanation needs only the probabilities
 
     async def predict_composed(self, composition: Composition) -> npt.NDArray[np.float32]:
-        return await self._timed(
+        return await self.timed(
             self._backend.predict_composed(self._model, composition, _left(self._deadline), "bulk")
         )
 
@@ -203,7 +229,3 @@ def _deadline(timeout: float | None) -> float | None:
 def _left(deadline: float | None) -> float | None:
     """Time left before ``deadline``, for the next outbound call (queueing and decoding used some)."""
     return None if deadline is None else max(0.0, deadline - time.monotonic())
-
-
-def _classification(model: ModelInfo, probs: npt.NDArray[np.float32]) -> Classification:
-    return Classification(model.class_names, tuple(probs.astype(float).tolist()))

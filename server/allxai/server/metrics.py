@@ -8,7 +8,7 @@ the core. Names follow Prometheus conventions; every label set is small and fixe
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Sequence
 from wsgiref.simple_server import WSGIServer
 
 import numpy as np
@@ -17,6 +17,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 
 from allxai.explainer.perturb import Composition
 from allxai.server.backends.base import Backend, Lane, ModelInfo, ModelSpec
+from allxai.server.outcomes import Classification
 
 _LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 _BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1000, 2000, 5000)
@@ -79,6 +80,31 @@ class Metrics:
         self.backend_ready = Gauge(
             "allxai_backend_ready", "1 while the model backend answers its health check.", registry=r
         )
+        # Drift shows here: the scores of what the laboratories send, and how often they leave the domain.
+        self.domain_score = Histogram(
+            "allxai_domain_score",
+            "Out-of-domain score of each answered image (higher: less like the training images).",
+            ["model", "version"],
+            buckets=(0.5, 1, 1.5, 2, 3, 4, 6, 8, 12, 16, 24, 32, 64, 128),
+            registry=r,
+        )
+        self.out_of_domain = Counter(
+            "allxai_out_of_domain",
+            "Answers about images outside the model's training domain.",
+            ["model", "version"],
+            registry=r,
+        )
+
+    def observe_domain(self, model: ModelInfo, answers: Sequence[Classification]) -> None:
+        """Count the domain checks of ``answers`` (none for a model without a gate)."""
+        labels = (model.name, str(model.version))
+        for answer in answers:
+            if answer.in_domain is None:
+                continue
+            if answer.domain_score is not None:
+                self.domain_score.labels(*labels).observe(answer.domain_score)
+            if not answer.in_domain:
+                self.out_of_domain.labels(*labels).inc()
 
     def serve(self, host: str, port: int) -> WSGIServer:
         """Serve ``/metrics`` over HTTP on a daemon thread; ``shutdown()`` and ``server_close()`` stop it."""

@@ -25,10 +25,19 @@ class Timings:
 
 @dataclass(frozen=True)
 class Classification:
-    """Scores in the model's class order, and the top class."""
+    """Scores in the model's class order, the top class, and what the model's calibration says of them.
+
+    ``in_domain``, ``domain_score`` and ``domain_threshold`` are None when the model makes no domain check;
+    ``prediction_set`` is empty and ``coverage`` None when it carries no conformal calibration.
+    """
 
     class_names: tuple[str, ...]
     scores: tuple[float, ...]
+    in_domain: bool | None = None
+    domain_score: float | None = None
+    domain_threshold: float | None = None
+    prediction_set: tuple[str, ...] = ()
+    coverage: float | None = None
 
     @cached_property  # read several times per answer (label, confidence, the reply, the audit record)
     def label_index(self) -> int:
@@ -56,14 +65,26 @@ class ClassifyOutcome:
 
 
 @dataclass
+class SpecimenSummary:
+    """What a specimen's cells add up to (see :func:`allxai.server.gate.summarise`)."""
+
+    counts: dict[str, int]
+    blast_fraction: float
+    review_first: list[int]
+    out_of_domain: int = 0
+    ambiguous: int = 0
+    counted: int = 0
+    needs_review: bool = False
+    review_reason: str = ""
+
+
+@dataclass
 class SpecimenOutcome:
     """All cells of one specimen, and its summary."""
 
     model: ModelInfo
     cells: list[Classification]
-    counts: dict[str, int]
-    blast_fraction: float
-    review_first: list[int]
+    summary: SpecimenSummary
     timings: Timings
 
 
@@ -78,3 +99,5 @@ class ExplainOutcome:
     image: npt.NDArray[np.uint8]
     pictures: tuple[Picture, ...] = ("overlay",)
     timings: Timings = field(default_factory=Timings)
+    #: What the reader must know, in words (an image outside the training domain, ...).
+    warnings: tuple[str, ...] = ()

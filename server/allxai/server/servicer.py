@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -36,7 +37,10 @@ class DiagnosisServicer(pb_grpc.DiagnosisServiceServicer):
     async def Classify(self, request: pb.ClassifyRequest, context: Context) -> pb.ClassifyResponse:  # noqa: N802
         request_id = convert.request_id(request.request_id)
         outcome = await self._diagnosis.classify(
-            request.image.data, convert.model_spec(request.model_spec), convert.time_left(context)
+            request.image.data,
+            convert.model_spec(request.model_spec),
+            convert.time_left(context),
+            convert.alpha(request.alpha),
         )
         log.info("classified: %s %.3f", outcome.classification.label, outcome.classification.confidence)
         await self._record(
@@ -48,6 +52,7 @@ class DiagnosisServicer(pb_grpc.DiagnosisServiceServicer):
                 "model": {"name": outcome.model.name, "version": outcome.model.version},
                 "label": outcome.classification.label,
                 "scores": convert.scores(outcome.classification),
+                **convert.judgement(outcome.classification),
             }
         )
         return pb.ClassifyResponse(
@@ -67,6 +72,7 @@ class DiagnosisServicer(pb_grpc.DiagnosisServiceServicer):
             [image.data for image in request.images],
             convert.model_spec(request.model_spec),
             convert.time_left(context),
+            convert.alpha(request.alpha),
         )
         log.info("classified a specimen of %d cells", len(outcome.cells))
         await self._record(
@@ -76,11 +82,15 @@ class DiagnosisServicer(pb_grpc.DiagnosisServiceServicer):
                 "specimen_id": request.specimen_id,
                 "model": {"name": outcome.model.name, "version": outcome.model.version},
                 "cells": [
-                    {"image_sha256": sha256(image.data), "label": cell.label, "scores": convert.scores(cell)}
+                    {
+                        "image_sha256": sha256(image.data),
+                        "label": cell.label,
+                        "scores": convert.scores(cell),
+                        **convert.judgement(cell),
+                    }
                     for image, cell in zip(request.images, outcome.cells, strict=True)
                 ],
-                "counts": outcome.counts,
-                "blast_fraction": outcome.blast_fraction,
+                "summary": dataclasses.asdict(outcome.summary),
             }
         )
         return pb.ClassifySpecimenResponse(
@@ -88,11 +98,7 @@ class DiagnosisServicer(pb_grpc.DiagnosisServiceServicer):
                 pb.CellResult(image_id=image.image_id, classification=convert.classification(cell))
                 for image, cell in zip(request.images, outcome.cells, strict=True)
             ],
-            summary=pb.SpecimenSummary(
-                counts=[pb.ClassCount(label=k, count=v) for k, v in outcome.counts.items()],
-                blast_fraction=outcome.blast_fraction,
-                review_first=outcome.review_first,
-            ),
+            summary=convert.specimen_summary(outcome.summary),
             model=convert.model_ref(outcome.model),
             request_id=request_id,
             specimen_id=request.specimen_id,
@@ -106,6 +112,7 @@ class DiagnosisServicer(pb_grpc.DiagnosisServiceServicer):
             convert.model_spec(request.model_spec),
             convert.explain_options(request.options),
             convert.time_left(context),
+            alpha=convert.alpha(request.alpha),
         )
         log.info(
             "explained: %s with %d samples", outcome.classification.label, outcome.explanation.num_samples
@@ -127,6 +134,7 @@ class DiagnosisServicer(pb_grpc.DiagnosisServiceServicer):
                 convert.explain_options(inner.options),
                 convert.time_left(context),
                 progress=lambda done, total: updates.put_nowait((done, total)),
+                alpha=convert.alpha(inner.alpha),
             )
         )
         getter: asyncio.Future[tuple[int, int]] | None = None

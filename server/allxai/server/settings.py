@@ -41,6 +41,19 @@ class Settings(BaseSettings):
         64 * 1024 * 1024, gt=0, description="gRPC message limit, both directions (gRPC's default is 4 MiB)."
     )
     max_specimen_images: int = Field(2000, gt=0, description="Most images in one ClassifySpecimen call.")
+    domain_policy: Literal["flag", "refuse"] = Field(
+        "flag",
+        description=(
+            "Images outside the model's training domain: flag answers and says so; refuse answers "
+            "FAILED_PRECONDITION with the reason (models without a domain gate are never refused)."
+        ),
+    )
+    specimen_review_share: float = Field(
+        0.1,
+        ge=0,
+        le=1,
+        description="A specimen needs review when more than this share of its cells lie outside the domain.",
+    )
     predict_batch_size: int = Field(64, gt=0, description="Largest batch sent to the model at once.")
     predict_threads: int = Field(2, gt=0, description="Threads running the embedded model.")
     explain_default_samples: int = Field(1000, gt=0, description="LIME samples when a request sets none.")

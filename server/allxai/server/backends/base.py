@@ -9,6 +9,7 @@ import numpy as np
 import numpy.typing as npt
 
 from allxai.contract import names as contract
+from allxai.contract.calibration import ConformalSets, DomainGate
 from allxai.contract.card import ModelCard, dump_card, normal_classes
 from allxai.explainer.perturb import Composition
 
@@ -45,6 +46,21 @@ class ModelInfo:
     available_versions: tuple[int, ...] = field(default_factory=tuple)
     serving_input: str = contract.SERVING_INPUT
     serving_output: str = contract.OUTPUT
+    #: The input-domain gate the card promises (its score is ``serving_default``'s output
+    #: ``domain.output``); ``None``: the model makes no domain check.
+    domain: DomainGate | None = None
+    #: The conformal calibration of the card; ``None``: no prediction sets.
+    conformal: ConformalSets | None = None
+
+    @property
+    def serving_outputs(self) -> tuple[str, ...]:
+        """The outputs a prediction fetches from ``serving_default``: the scores, then the domain score."""
+        return (self.serving_output,) if self.domain is None else (self.serving_output, self.domain.output)
+
+    @property
+    def row_width(self) -> int:
+        """Columns of ``Backend.predict``'s rows: one per class, one more for a domain score."""
+        return len(self.class_names) + (self.domain is not None)
 
     @classmethod
     def from_card(
@@ -69,6 +85,8 @@ class ModelInfo:
             has_composition=has_composition,
             card_json=dump_card(card),
             available_versions=available_versions,
+            domain=card.domain,
+            conformal=card.conformal,
         )
 
 
@@ -94,13 +112,25 @@ class Backend(Protocol):
         timeout: float | None,
         lane: Lane = "interactive",
     ) -> npt.NDArray[np.float32]:
-        """Class probabilities ``[N, C]`` for uint8 images ``[N, H, W, 3]`` at the model's input size."""
+        """Rows ``[N, model.row_width]`` for uint8 images ``[N, H, W, 3]`` at the model's input size: the
+        class probabilities, then (for a model with a domain gate) its out-of-domain score.
+
+        One float32 matrix per batch, so batches coalesce, queue and concatenate as one array whatever the
+        model gives; :func:`split_rows` takes them apart."""
 
     async def predict_composed(
         self, model: ModelInfo, composition: Composition, timeout: float | None, lane: Lane = "bulk"
     ) -> npt.NDArray[np.float32]:
         """Probabilities of the perturbed images the model's ``compose`` signature builds from
         ``composition`` (one per mask row); only for models with ``has_composition``."""
+
+
+def split_rows(
+    model: ModelInfo, rows: npt.NDArray[np.float32]
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32] | None]:
+    """``Backend.predict``'s rows as the probabilities ``[N, C]`` and the domain scores ``[N]`` (or None)."""
+    classes = len(model.class_names)
+    return rows[:, :classes], (rows[:, classes] if model.domain is not None else None)
 
 
 def compose_inputs(composition: Composition) -> dict[str, npt.NDArray[np.generic]]:

@@ -189,7 +189,7 @@ class EmbeddedBackend:
         chunks = [images[i : i + self._batch_size] for i in range(0, len(images), self._batch_size)]
         if lane == "interactive":
             return await self._wait(
-                [entry.coalescer.predict(chunk) for chunk in chunks], timeout, len(model.class_names)
+                [entry.coalescer.predict(chunk) for chunk in chunks], timeout, model.row_width
             )
         calls = [{entry.info.serving_input: chunk} for chunk in chunks]
         return await self._gather(entry.serve, calls, timeout, entry.info, lane)
@@ -224,28 +224,32 @@ class EmbeddedBackend:
         output: str | None = None,
     ) -> npt.NDArray[np.float32]:
         futures = [self._pool.submit(_PRIORITY[lane], _run, fn, call, model, output) for call in calls]
-        return await self._wait(futures, timeout, len(model.class_names))
+        width = len(model.class_names) if output else model.row_width
+        return await self._wait(futures, timeout, width)
 
     @staticmethod
     async def _wait(
-        parts: Sequence[Awaitable[npt.NDArray[np.float32]]], timeout: float | None, num_classes: int
+        parts: Sequence[Awaitable[npt.NDArray[np.float32]]], timeout: float | None, width: int
     ) -> npt.NDArray[np.float32]:
         try:
             results = await asyncio.wait_for(asyncio.gather(*parts), timeout)
         except TimeoutError as exc:
             raise DeadlineExceeded("the model did not answer within the deadline") from exc
-        return np.concatenate(results, axis=0) if results else np.zeros((0, num_classes), np.float32)
+        return np.concatenate(results, axis=0) if results else np.zeros((0, width), np.float32)
 
 
 def _run(
     fn: Any, inputs: dict[str, Any], model: ModelInfo, output: str | None = None
 ) -> npt.NDArray[np.float32]:
-    """One call of a signature; ``output`` defaults to the model's ``serving_default`` output."""
+    """One call of a signature: the probabilities of ``output``, or, by default, ``serving_default``'s
+    rows (the probabilities, then the domain score where the model has a gate)."""
     import tensorflow as tf  # noqa: PLC0415
 
-    out = fn(**{k: tf.constant(v) for k, v in inputs.items()})[output or model.serving_output]
+    outputs = fn(**{k: tf.constant(v) for k, v in inputs.items()})
     try:
-        return signature.check_scores(model, out.numpy())
+        if output:
+            return signature.check_scores(model, outputs[output].numpy())
+        return signature.rows(model, {key: outputs[key].numpy() for key in model.serving_outputs})
     except signature.ContractError as exc:
         raise BackendError(str(exc)) from exc
 

@@ -20,7 +20,7 @@ breaks them, and anything else, is a :class:`ContractError` naming the model and
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from typing import Any
@@ -113,6 +113,8 @@ def derive_model_info(
         )
     with _refused(what):
         info = ModelInfo.from_card(name, version, result, has_composition, available_versions)
+    if info.domain is not None:
+        _domain_output(what, info.domain.output, outputs)
     # The tensors go by the names the signature gives them, whatever the card says.
     return replace(info, serving_input=image.key, serving_output=scores.key)
 
@@ -139,6 +141,36 @@ def check_scores(model: ModelInfo, scores: npt.NDArray[Any]) -> npt.NDArray[np.f
             f"not [N, {classes}] for its {classes} classes"
         )
     return np.asarray(scores, dtype=np.float32)
+
+
+def rows(model: ModelInfo, outputs: Mapping[str, Any]) -> npt.NDArray[np.float32]:
+    """``serving_default``'s answer as the rows ``Backend.predict`` returns: the probabilities ``[N, C]``,
+    then the domain score as one more column where the model has a gate; else :class:`ContractError`."""
+    probabilities = check_scores(model, np.asarray(outputs[model.serving_output]))
+    if model.domain is None:
+        return probabilities
+    scores = np.asarray(outputs[model.domain.output], dtype=np.float32)
+    if scores.shape != (len(probabilities),):
+        raise ContractError(
+            f"model {model.name} version {model.version} answered with domain scores of shape "
+            f"{list(scores.shape)}, not [{len(probabilities)}]"
+        )
+    return np.concatenate([probabilities, scores[:, None]], axis=1)
+
+
+def _domain_output(what: str, key: str, outputs: Sequence[TensorSpec]) -> None:
+    """The card promises a domain score: ``serving_default`` must give it, one float per image."""
+    found = {t.key: t for t in outputs}.get(key)
+    if found is None:
+        raise ContractError(
+            f"{what}: its card's domain gate reads the output {key!r}, which {contract.SERVING_SIGNATURE!r} "
+            f"does not give ({', '.join(sorted(t.key for t in outputs))})"
+        )
+    if found.dtype not in _FLOATS or found.shape is None or len(found.shape) != 1:
+        raise ContractError(
+            f"{what}: its domain score {key!r} must be floating-point [N]; it is "
+            f"{found.dtype} {_shape(found.shape)}"
+        )
 
 
 def _image_input(what: str, inputs: Sequence[TensorSpec]) -> TensorSpec:

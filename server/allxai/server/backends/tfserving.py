@@ -142,9 +142,7 @@ class TFServingBackend:
             {model.serving_input: images[i : i + self._batch_size]}
             for i in range(0, len(images), self._batch_size)
         ]
-        return await self._predict_all(
-            model, contract.SERVING_SIGNATURE, model.serving_output, calls, timeout, lane
-        )
+        return await self._predict_all(model, contract.SERVING_SIGNATURE, None, calls, timeout, lane)
 
     async def predict_composed(
         self, model: ModelInfo, composition: Composition, timeout: float | None, lane: Lane = "bulk"
@@ -163,13 +161,14 @@ class TFServingBackend:
         self,
         model: ModelInfo,
         signature_name: str,
-        output: str,
+        output: str | None,
         calls: list[dict[str, npt.NDArray[Any]]],
         timeout: float | None,
         lane: Lane,
     ) -> npt.NDArray[np.float32]:
+        """``output``'s probabilities, or (None) ``serving_default``'s rows with the domain score."""
         if not calls:
-            return np.zeros((0, len(model.class_names)), np.float32)
+            return np.zeros((0, len(model.class_names) if output else model.row_width), np.float32)
         deadline = time.monotonic() + (self._rpc.timeout if timeout is None else timeout)
         parts = await asyncio.gather(
             *(self._predict_one(model, signature_name, output, inputs, deadline, lane) for inputs in calls)
@@ -180,7 +179,7 @@ class TFServingBackend:
         self,
         model: ModelInfo,
         signature_name: str,
-        output: str,
+        output: str | None,
         inputs: dict[str, npt.NDArray[Any]],
         deadline: float,
         lane: Lane,
@@ -188,7 +187,8 @@ class TFServingBackend:
         import tensorflow as tf  # noqa: PLC0415
         from tensorflow_serving.apis import predict_pb2  # noqa: PLC0415
 
-        request = predict_pb2.PredictRequest(output_filter=[output])
+        wanted = (output,) if output else model.serving_outputs
+        request = predict_pb2.PredictRequest(output_filter=list(wanted))
         fill_model_spec(request.model_spec, model.name, model.version, None, signature_name)
         for key, value in inputs.items():
             request.inputs[key].CopyFrom(tf.make_tensor_proto(value))
@@ -200,10 +200,13 @@ class TFServingBackend:
                 max(0.0, deadline - time.monotonic()),
                 what,
             )
-            if output not in response.outputs:
-                raise BackendError(f"{what}: TensorFlow Serving's answer has no output {output!r}")
+            missing = [key for key in wanted if key not in response.outputs]
+            if missing:
+                raise BackendError(f"{what}: TensorFlow Serving's answer has no output {missing[0]!r}")
             try:
-                return signature.check_scores(model, to_array(response.outputs[output]))
+                if output:
+                    return signature.check_scores(model, to_array(response.outputs[output]))
+                return signature.rows(model, {key: to_array(response.outputs[key]) for key in wanted})
             except signature.ContractError as exc:
                 raise BackendError(str(exc)) from exc
 
