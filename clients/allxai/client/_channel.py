@@ -215,7 +215,11 @@ class ClientBase:
         self._open(target, options, credentials)
 
     def _specimen_batches(
-        self, images: Iterable[ImageInput], specimen_id: str, image_ids: Iterable[str] | None
+        self,
+        images: Iterable[ImageInput],
+        specimen_id: str,
+        image_ids: Iterable[str] | None,
+        alpha: float | None = None,
     ) -> SpecimenBatches:
         # Half the message limit per batch leaves room for a gateway configured tighter than this client.
         return SpecimenBatches(
@@ -225,6 +229,7 @@ class ClientBase:
             self._specimen_batch_size,
             self._max_message_bytes // 2,
             image_ids,
+            alpha,
         )
 
     def _open(

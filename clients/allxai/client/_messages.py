@@ -5,6 +5,8 @@ from __future__ import annotations
 import heapq
 import itertools
 import json
+import math
+import struct
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -43,11 +45,47 @@ def image_message(image: r.ImageInput, image_id: str | None = None) -> pb.Image:
     return pb.Image(data=path.read_bytes(), image_id=image_id if image_id is not None else path.name)
 
 
+def check_alpha(alpha: float | None) -> float:
+    """The ``alpha`` of a request: 0 (the server's default level) for None.
+
+    ``ValueError`` unless ``alpha`` is a miscoverage level strictly between 0 and 1; whether the model was
+    calibrated for it is the gateway's to say (INVALID_ARGUMENT names the levels it has).
+    """
+    if alpha is None:
+        return 0.0
+    if isinstance(alpha, bool) or not isinstance(alpha, int | float) or not 0 < alpha < 1:
+        raise ValueError(
+            f"alpha must be a level between 0 and 1, one the model was calibrated for (e.g. 0.05): {alpha!r}"
+        )
+    return float(alpha)
+
+
 def classify_request(
-    image: r.ImageInput, image_id: str | None, spec: pb.ModelSpec, specimen_id: str
+    image: r.ImageInput,
+    image_id: str | None,
+    spec: pb.ModelSpec,
+    specimen_id: str,
+    alpha: float | None = None,
 ) -> pb.ClassifyRequest:
-    """A Classify request."""
-    return pb.ClassifyRequest(image=image_message(image, image_id), model_spec=spec, specimen_id=specimen_id)
+    """A Classify request; ``ValueError`` for an alpha that cannot be a level."""
+    level = check_alpha(alpha)
+    return pb.ClassifyRequest(
+        image=image_message(image, image_id), model_spec=spec, specimen_id=specimen_id, alpha=level
+    )
+
+
+def _float32(value: float) -> float | None:
+    """A float32 field as the shortest decimal that is the same float32 (0.95, not 0.949999988...).
+
+    None for NaN or infinity, which no JSON may carry.
+    """
+    if not math.isfinite(value):
+        return None
+    for digits in range(6, 10):
+        short = float(f"{value:.{digits}g}")
+        if struct.unpack("f", struct.pack("f", short))[0] == value:
+            return short
+    return value
 
 
 def _classify_result(
@@ -61,6 +99,12 @@ def _classify_result(
         version=model.version,
         request_id=request_id,
         image_id=image_id,
+        # Absent fields mean the model carries no domain check or no calibration: None, never a default.
+        in_domain=c.in_domain if c.HasField("in_domain") else None,
+        domain_score=_float32(c.domain_score) if c.HasField("domain_score") else None,
+        domain_threshold=_float32(c.domain_threshold) if c.HasField("domain_threshold") else None,
+        prediction_set=list(c.prediction_set),
+        coverage=_float32(c.coverage) if c.HasField("coverage") else None,
     )
 
 
@@ -88,9 +132,11 @@ class SpecimenBatches:
         batch_size: int,
         max_bytes: int,
         image_ids: Iterable[str] | None = None,
+        alpha: float | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
+        self._alpha = check_alpha(alpha)
         self._images = iter(images)
         self._ids: Iterator[str | None] = iter(image_ids) if image_ids is not None else itertools.repeat(None)
         self._batch_size = batch_size
@@ -118,7 +164,7 @@ class SpecimenBatches:
     def __iter__(self) -> Iterator[pb.ClassifySpecimenRequest]:
         for batch in self._batches():
             yield pb.ClassifySpecimenRequest(
-                images=batch, model_spec=self._spec, specimen_id=self._specimen_id
+                images=batch, model_spec=self._spec, specimen_id=self._specimen_id, alpha=self._alpha
             )
             self.offset += len(batch)
 
@@ -129,10 +175,15 @@ class SpecimenBatches:
         self._responses.append(response)
 
     def result(self) -> r.SpecimenResult:
-        """All batches' cells in order, with the counts, blast fraction and review order of them all."""
+        """All batches' cells in order, with the counts, blast fraction and review order of them all.
+
+        The blast fraction of the whole is over the cells every batch counted (those inside the training
+        domain); the specimen needs review when any batch did, or when no cell at all could be counted.
+        """
         cells: list[r.ClassifyResult] = []
         counts: dict[str, int] = {}
-        blasts = 0
+        blasts = counted = out_of_domain = ambiguous = 0
+        reasons: list[tuple[int, int, str]] = []
         orders: list[list[tuple[float, int]]] = []
         for response in self._responses:
             offset = len(cells)
@@ -140,24 +191,47 @@ class SpecimenBatches:
                 _classify_result(c.classification, response.model, response.request_id, c.image_id)
                 for c in response.cells
             ]
-            for count in response.summary.counts:
+            summary = response.summary
+            for count in summary.counts:
                 counts[count.label] = counts.get(count.label, 0) + count.count
-            # The fraction came from an integer count of this batch's cells; round() recovers it exactly.
-            blasts += round(response.summary.blast_fraction * len(response.cells))
-            orders.append([(cells[offset + i].confidence, offset + i) for i in response.summary.review_first])
+            batch_counted = summary.counted
+            if not batch_counted and not any(c.classification.HasField("in_domain") for c in response.cells):
+                # No domain check, so every cell counts; a gateway from before the field leaves it 0.
+                batch_counted = len(response.cells)
+            # The fraction came from an integer count of this batch's counted cells; round() recovers it.
+            blasts += round(summary.blast_fraction * batch_counted)
+            counted += batch_counted
+            out_of_domain += summary.out_of_domain
+            ambiguous += summary.ambiguous
+            if summary.needs_review:
+                reason = summary.review_reason or "the gateway asks for a review"
+                reasons.append((offset + 1, len(cells), reason))
+            orders.append([(cells[offset + i].confidence, offset + i) for i in summary.review_first])
+        if len(self._responses) > 1:
+            # Each batch's reason speaks of its own cells: say which.
+            review_reason = "; ".join(f"cells {first}-{last}: {why}" for first, last, why in reasons)
+        else:
+            review_reason = "; ".join(why for _, _, why in reasons)
+        if cells and not counted and not reasons:
+            review_reason = "no cell could be judged: none lies inside the training domain"
         return r.SpecimenResult(
             cells=cells,
             counts=counts,
-            blast_fraction=blasts / len(cells) if cells else 0.0,
+            blast_fraction=blasts / counted if counted else 0.0,
             review_first=[index for _, index in heapq.merge(*orders)],
             specimen_id=self._specimen_id,
+            out_of_domain=out_of_domain,
+            ambiguous=ambiguous,
+            counted=counted,
+            needs_review=bool(review_reason),
+            review_reason=review_reason,
         )
 
 
 def explain_request(
     image: r.ImageInput, spec: pb.ModelSpec, params: r.ExplainParams
 ) -> pb.StreamExplainRequest:
-    """A StreamExplain request; ``ValueError`` names an unknown picture kind."""
+    """A StreamExplain request; ``ValueError`` names an unknown picture kind or a bad alpha."""
     kinds = []
     for name in params.get("pictures", ("overlay",)):
         if name not in r.PICTURE_KINDS:
@@ -174,11 +248,13 @@ def explain_request(
     seed = params.get("seed")
     if seed is not None:
         options.seed = seed
+    alpha = check_alpha(params.get("alpha"))
     request = pb.ExplainRequest(
         image=image_message(image, params.get("image_id")),
         model_spec=spec,
         specimen_id=params.get("specimen_id", ""),
         options=options,
+        alpha=alpha,
     )
     return pb.StreamExplainRequest(request=request)
 
@@ -221,6 +297,7 @@ def explain_result(response: pb.ExplainResponse | None) -> r.ExplainResult:
             "corner_share": q.corner_share,
         },
         stopped_early=e.stopped_early,
+        warnings=list(e.warnings),
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -27,6 +28,27 @@ PICTURE_KINDS = {
 IMAGE_FIELD = re.compile(r"^images\[(\d+)\]")
 
 
+def finite(value: float | None) -> float | None:
+    """``value``, or None when it is missing or not a finite number (JSON has no NaN or infinity)."""
+    return value if value is not None and math.isfinite(value) else None
+
+
+def json_safe(value: Any) -> Any:
+    """``value`` with every NaN or infinite float, however deeply nested, made None (null in JSON)."""
+    if isinstance(value, float):
+        return finite(value)
+    if isinstance(value, dict):
+        return {key: json_safe(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(item) for item in value]
+    return value
+
+
+def safe_dict(record: dict[str, Any]) -> dict[str, Any]:
+    """A dictionary made JSON-safe with :func:`json_safe`."""
+    return {key: json_safe(item) for key, item in record.items()}
+
+
 class AllxaiClientError(Exception):
     """A call that failed, with the gRPC status code name and the server's message."""
 
@@ -44,7 +66,18 @@ class AllxaiClientError(Exception):
 
 @dataclass(frozen=True)
 class ClassifyResult:
-    """One classified image."""
+    """One classified image, and how far the model is entitled to judge it.
+
+    ``in_domain`` says whether the image is like the images the model was trained on (its
+    ``domain_score`` is at most the ``domain_threshold`` calibrated at export); it is None when the model
+    carries no domain check, and then no check was made: the answer is not known to be in the domain.
+    A label outside the domain is not for diagnosis, however confident.
+
+    ``prediction_set`` holds the classes that stay plausible at the level ``coverage`` (1 - alpha, e.g.
+    0.95; split-conformal), most probable first. ``coverage`` is None when the model carries no conformal
+    calibration, and the set is then empty; with a coverage, an empty set means no class was needed to
+    reach the level. A set of more than one class is an ambiguous answer.
+    """
 
     label: str
     confidence: float
@@ -53,18 +86,45 @@ class ClassifyResult:
     version: int
     request_id: str
     image_id: str = ""
+    in_domain: bool | None = None
+    domain_score: float | None = None
+    domain_threshold: float | None = None
+    prediction_set: list[str] = field(default_factory=list)
+    coverage: float | None = None
+
+    @property
+    def domain_checked(self) -> bool:
+        """Whether a domain check was made (the model carries one)."""
+        return self.in_domain is not None
+
+    @property
+    def out_of_domain(self) -> bool:
+        """Whether the check found the image outside the training domain (False when none was made)."""
+        return self.in_domain is False
+
+    @property
+    def ambiguous(self) -> bool:
+        """Whether the prediction set holds more than one class."""
+        return len(self.prediction_set) > 1
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dictionary."""
-        return {
-            "image_id": self.image_id,
-            "label": self.label,
-            "confidence": self.confidence,
-            "scores": self.scores,
-            "model": self.model,
-            "version": self.version,
-            "request_id": self.request_id,
-        }
+        """A JSON-ready dictionary (no NaN: a missing or non-finite number is None)."""
+        return safe_dict(
+            {
+                "image_id": self.image_id,
+                "label": self.label,
+                "confidence": self.confidence,
+                "scores": self.scores,
+                "model": self.model,
+                "version": self.version,
+                "request_id": self.request_id,
+                "in_domain": self.in_domain,
+                "domain_score": self.domain_score,
+                "domain_threshold": self.domain_threshold,
+                "prediction_set": list(self.prediction_set),
+                "coverage": self.coverage,
+            }
+        )
 
 
 @dataclass(frozen=True)
@@ -72,6 +132,10 @@ class SpecimenResult:
     """All cells of a specimen, in the order given, and its summary.
 
     ``review_first`` holds indices into ``cells``, least confident first: the cells to look at first.
+    ``counts`` covers every cell, but ``blast_fraction`` only the ``counted`` ones: those inside the
+    training domain (all cells when the model has no domain check). ``out_of_domain`` cells were found
+    outside it; ``ambiguous`` cells have a prediction set of more than one class. When ``needs_review``,
+    a person must review the specimen before its numbers are used, for the ``review_reason`` given.
     """
 
     cells: list[ClassifyResult]
@@ -79,16 +143,33 @@ class SpecimenResult:
     blast_fraction: float
     review_first: list[int]
     specimen_id: str = ""
+    out_of_domain: int = 0
+    ambiguous: int = 0
+    counted: int | None = None
+    needs_review: bool = False
+    review_reason: str = ""
+
+    @property
+    def counted_cells(self) -> int:
+        """The cells the blast fraction counts (all of them when ``counted`` was not given)."""
+        return len(self.cells) if self.counted is None else self.counted
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dictionary."""
-        return {
-            "specimen_id": self.specimen_id,
-            "cells": [c.to_dict() for c in self.cells],
-            "counts": self.counts,
-            "blast_fraction": self.blast_fraction,
-            "review_first": self.review_first,
-        }
+        """A JSON-ready dictionary (no NaN)."""
+        return safe_dict(
+            {
+                "specimen_id": self.specimen_id,
+                "cells": [c.to_dict() for c in self.cells],
+                "counts": self.counts,
+                "blast_fraction": self.blast_fraction,
+                "review_first": self.review_first,
+                "out_of_domain": self.out_of_domain,
+                "ambiguous": self.ambiguous,
+                "counted": self.counted_cells,
+                "needs_review": self.needs_review,
+                "review_reason": self.review_reason,
+            }
+        )
 
 
 @dataclass(frozen=True)
@@ -105,20 +186,26 @@ class ExplainResult:
     pictures: dict[str, bytes] = field(default_factory=dict)
     quality: dict[str, float] = field(default_factory=dict)
     stopped_early: bool = False
+    #: What the reader must know, in words (the image lies outside the training domain, the surrogate
+    #: fits poorly, ...); empty when there is nothing to say.
+    warnings: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dictionary; the pictures are left out (they are PNG bytes)."""
-        return {
-            "classification": self.classification.to_dict(),
-            "label": self.label,
-            "weights": [list(w) for w in self.weights],
-            "top_segments": self.top_segments,
-            "seed": self.seed,
-            "num_samples": self.num_samples,
-            "score": self.score,
-            "quality": self.quality,
-            "stopped_early": self.stopped_early,
-        }
+        """A JSON-ready dictionary (no NaN); the pictures are left out (they are PNG bytes)."""
+        return safe_dict(
+            {
+                "classification": self.classification.to_dict(),
+                "label": self.label,
+                "weights": [list(w) for w in self.weights],
+                "top_segments": self.top_segments,
+                "seed": self.seed,
+                "num_samples": self.num_samples,
+                "score": self.score,
+                "quality": self.quality,
+                "stopped_early": self.stopped_early,
+                "warnings": list(self.warnings),
+            }
+        )
 
 
 @dataclass(frozen=True)
@@ -137,6 +224,24 @@ class ModelDescription:
         """The human name of a class, from the model card when it gives one."""
         names = self.card.get("display_names", {})
         return str(names.get(label, label))
+
+    @property
+    def alphas(self) -> list[float]:
+        """The miscoverage levels (alpha) the model's prediction sets were calibrated for, smallest first.
+
+        They are the keys of the card's ``conformal.qhat``; empty when the model carries no calibration.
+        """
+        conformal = self.card.get("conformal")
+        levels = conformal.get("qhat") if isinstance(conformal, dict) else None
+        if not isinstance(levels, dict):
+            return []
+        found = []
+        for key in levels:
+            try:
+                found.append(float(key))
+            except ValueError:
+                continue
+        return sorted(found)
 
 
 class ExplainParams(TypedDict, total=False):
@@ -160,3 +265,6 @@ class ExplainParams(TypedDict, total=False):
     image_id: str | None
     #: An opaque specimen id, echoed back and audited (default empty).
     specimen_id: str
+    #: The miscoverage level of the prediction set, one the model was calibrated for (``alphas`` of
+    #: :class:`ModelDescription`); ``None`` (the default) means the server's, 0.05.
+    alpha: float | None

@@ -60,20 +60,33 @@ class AsyncClient(ClientBase):
             raise m.client_error(exc, offset) from exc
 
     async def classify(
-        self, image: r.ImageInput, image_id: str | None = None, specimen_id: str = ""
+        self,
+        image: r.ImageInput,
+        image_id: str | None = None,
+        specimen_id: str = "",
+        *,
+        alpha: float | None = None,
     ) -> r.ClassifyResult:
-        """Classify one image, given as bytes or a path (a path names the image unless ``image_id`` does)."""
-        request = await asyncio.to_thread(m.classify_request, image, image_id, self._spec, specimen_id)
+        """Classify one image, given as bytes or a path (a path names the image unless ``image_id`` does).
+
+        ``alpha`` is the prediction set's miscoverage level, as for :meth:`Client.classify`.
+        """
+        request = await asyncio.to_thread(m.classify_request, image, image_id, self._spec, specimen_id, alpha)
         return m.classify_result(await self._unary(self._stub.Classify, request))
 
     async def classify_specimen(
-        self, images: Iterable[r.ImageInput], specimen_id: str = "", image_ids: Iterable[str] | None = None
+        self,
+        images: Iterable[r.ImageInput],
+        specimen_id: str = "",
+        image_ids: Iterable[str] | None = None,
+        *,
+        alpha: float | None = None,
     ) -> r.SpecimenResult:
         """Classify every cell image of one specimen, as :meth:`Client.classify_specimen` does.
 
         The client's ``timeout`` is the deadline of each batch's call, not of the whole specimen.
         """
-        batches = self._specimen_batches(images, specimen_id, image_ids)
+        batches = self._specimen_batches(images, specimen_id, image_ids, alpha)
         pending = iter(batches)
         # Each batch's images are read (from paths) on a worker thread as the batch is built.
         while (request := await asyncio.to_thread(next, pending, None)) is not None:

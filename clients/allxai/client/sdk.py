@@ -73,14 +73,28 @@ class Client(ClientBase):
             raise m.client_error(exc, offset) from exc
 
     def classify(
-        self, image: ImageInput, image_id: str | None = None, specimen_id: str = ""
+        self,
+        image: ImageInput,
+        image_id: str | None = None,
+        specimen_id: str = "",
+        *,
+        alpha: float | None = None,
     ) -> ClassifyResult:
-        """Classify one image, given as bytes or a path (a path names the image unless ``image_id`` does)."""
-        request = m.classify_request(image, image_id, self._spec, specimen_id)
+        """Classify one image, given as bytes or a path (a path names the image unless ``image_id`` does).
+
+        ``alpha`` is the miscoverage level of the prediction set, one the model was calibrated for
+        (:attr:`ModelDescription.alphas`); None means the server's default, 0.05.
+        """
+        request = m.classify_request(image, image_id, self._spec, specimen_id, alpha)
         return m.classify_result(self._unary(self._stub.Classify, request))
 
     def classify_specimen(
-        self, images: Iterable[ImageInput], specimen_id: str = "", image_ids: Iterable[str] | None = None
+        self,
+        images: Iterable[ImageInput],
+        specimen_id: str = "",
+        image_ids: Iterable[str] | None = None,
+        *,
+        alpha: float | None = None,
     ) -> SpecimenResult:
         """Classify every cell image of one specimen, in as many calls as the batch size needs.
 
@@ -88,8 +102,9 @@ class Client(ClientBase):
         all cells; every batch after the first goes to the model version that answered the first.
         Paths are read as their batch is sent, so a file that cannot be read raises ``OSError`` only then.
         The client's ``timeout`` is the deadline of each batch's call, not of the whole specimen.
+        ``alpha`` is the level of every cell's prediction set, as for :meth:`classify`.
         """
-        batches = self._specimen_batches(images, specimen_id, image_ids)
+        batches = self._specimen_batches(images, specimen_id, image_ids, alpha)
         for request in batches:
             batches.add(self._unary(self._stub.ClassifySpecimen, request, batches.offset))
         return batches.result()
