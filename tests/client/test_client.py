@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -84,8 +85,9 @@ def test_cli_classify_lines_and_json(
     image.write_bytes(cell_png)
     assert main(["classify", "--target", gateway.target, str(image)]) == 0
     line = capsys.readouterr().out.strip()
-    # One line such as "Pro-B ALL 97.3%": the model card's display name and the confidence.
-    assert line.split()[-1].endswith("%")
+    # One line such as "Pro-B ALL 97.3%": the model card's display name and the confidence, then what the
+    # domain check says ("— no domain check (the model has none)" for a model without one).
+    assert re.search(r" \d+\.\d%( — .+)?$", line), line
     assert any(
         line.startswith(n) for n in ("Benign (hematogones)", "Early pre-B ALL", "Pre-B ALL", "Pro-B ALL")
     )

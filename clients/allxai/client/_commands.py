@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -80,20 +81,45 @@ class _Run:
         return 1 if self.failed else 0
 
 
+def uncalibrated(info: ModelDescription, alpha: float | None) -> str:
+    """Why ``--alpha`` cannot be asked of this model (a level its card does not list); empty when it can.
+
+    A card that lists no levels is left to the gateway, which says itself what it makes of the request.
+    """
+    levels = info.alphas
+    if alpha is None or not levels or any(math.isclose(alpha, a, rel_tol=1e-6) for a in levels):
+        return ""
+    listed = ", ".join(f"{a:g}" for a in levels)
+    return f"--alpha {alpha:g} was not calibrated for model {info.name}; choose one of {listed}"
+
+
+def _model(client: Client, args: argparse.Namespace) -> ModelDescription | None:
+    """The served model, once the ``--alpha`` asked for is one it was calibrated for (else None, said)."""
+    info = client.model_info()
+    why = uncalibrated(info, args.alpha)
+    if why:
+        print(f"allxai: error: {why}", file=sys.stderr)
+        return None
+    return info
+
+
 def classify(client: Client, args: argparse.Namespace) -> int:
     """Classify every image, one call each."""
     run = _Run(args)
-    info = client.model_info()
+    info = _model(client, args)
+    if info is None:
+        return 2
     many = len(run.inputs.images) > 1
     for image in run.bar(run.inputs.images, "classifying"):
         try:
-            result = client.classify(image.path, image_id=image.image_id)
+            result = client.classify(image.path, image_id=image.image_id, alpha=args.alpha)
         except (AllxaiClientError, OSError) as exc:
             run.fail(image.path, exc, image)
             continue
-        run.records.append(out.classify_record(image, result, info))
+        record = out.classify_record(image, result, info)
+        run.records.append(record)
         prefix = f"{image.path}: " if many else ""
-        run.say(f"{prefix}{info.display_name(result.label)} {result.confidence:.1%}")
+        run.say(f"{prefix}{out.cell_line(record)}")
     return run.finish()
 
 
@@ -114,7 +140,9 @@ def _sample_bar(image: InputImage, quiet: bool) -> Iterator[Any]:
 def explain(client: Client, args: argparse.Namespace) -> int:
     """Explain every image, write its pictures to the output folder, and say how far to trust each."""
     run = _Run(args)
-    info = client.model_info()
+    info = _model(client, args)
+    if info is None:
+        return 2
     folder = Path(args.out)
     many = len(run.inputs.images) > 1
     for image in run.bar(run.inputs.images, "explaining"):
@@ -130,6 +158,7 @@ def explain(client: Client, args: argparse.Namespace) -> int:
                     pictures=args.pictures,
                     target_label=args.label,
                     adaptive=args.adaptive,
+                    alpha=args.alpha,
                 )
             written = {}
             for kind, png in result.pictures.items():
@@ -140,15 +169,17 @@ def explain(client: Client, args: argparse.Namespace) -> int:
             continue
         if not args.quiet:
             tqdm.write(f"wrote {', '.join(map(str, written.values()))}", file=sys.stderr)
-        run.records.append(out.explain_record(image, result, info, written))
-        c, q = result.classification, result.quality
+        record = out.explain_record(image, result, info, written)
+        run.records.append(record)
+        q = result.quality
         run.say(
-            f"{f'{image.path}: ' if many else ''}{info.display_name(c.label)} {c.confidence:.1%} (explained "
-            f"{result.label} with "
+            f"{f'{image.path}: ' if many else ''}{out.cell_line(record)} (explained {result.label} with "
             f"{result.num_samples} samples, seed {result.seed}; top superpixels {result.top_segments}; "
             f"surrogate R2 {q['r2']:.2f}, stability {q['stability']:.2f}; positive weight on the cell "
             f"{q['cell_share']:.0%}, background {q['background_share']:.0%}, corners {q['corner_share']:.0%})"
         )
+        for warning in result.warnings:
+            run.say(f"  warning: {warning}")
     return run.finish()
 
 
@@ -169,10 +200,13 @@ def specimen(client: Client, args: argparse.Namespace) -> int:
         # A summary over fewer cells than the specimen has would misstate its blast fraction.
         print("error: the specimen is incomplete; nothing was sent", file=sys.stderr)
         return 1
-    info = client.model_info()
+    info = _model(client, args)
+    if info is None:
+        return 2
     try:
         paths = [i.path for i in images]
-        result = client.classify_specimen(paths, args.specimen_id, [i.image_id for i in images])
+        ids = [i.image_id for i in images]
+        result = client.classify_specimen(paths, args.specimen_id, ids, alpha=args.alpha)
     except AllxaiClientError as exc:
         index = exc.image_index
         run.fail(images[index].path if index is not None and index < len(images) else "specimen", exc)

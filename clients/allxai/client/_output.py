@@ -1,4 +1,17 @@
-"""What the commands write: one flat record per image, as JSON or CSV, and the specimen summary in words."""
+"""What the commands write: one flat record per image, as JSON or CSV, and the specimen summary in words.
+
+Every answer says how far the model is entitled to judge the image. In words: an image outside the training
+domain is called so, in capitals, with "not for diagnosis"; a model without a domain check is said to have
+none; a prediction set of more than one class is shown with its coverage. For example::
+
+    cell.png: Pro-B ALL 99.9% — OUTSIDE THE TRAINING DOMAIN (score 41.2 > 12.0); not for diagnosis
+    cell.png: Pre-B ALL 61.0% — set {Pre, Pro} at 95%
+    cell.png: Pro-B ALL 97.3% — no domain check (the model has none)
+
+JSON and CSV records carry ``in_domain`` (true, false, or null/empty: no check was made), ``domain_score``,
+``domain_threshold``, ``prediction_set`` (a list; in CSV the classes joined by ``|``) and ``coverage``.
+No JSON carries NaN: a number that is not finite is written as null.
+"""
 
 from __future__ import annotations
 
@@ -10,12 +23,75 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from allxai.client._results import ClassifyResult, ExplainResult, ModelDescription, SpecimenResult
+from allxai.client._results import (
+    ClassifyResult,
+    ExplainResult,
+    ModelDescription,
+    SpecimenResult,
+    json_safe,
+)
 from allxai.client.inputs import InputImage
 
 Record = dict[str, Any]
 
 _QUALITY = ("r2", "stability", "cell_share", "background_share", "corner_share")
+
+#: What an answer from a model without a domain check says about it.
+NO_DOMAIN_CHECK = "no domain check (the model has none)"
+#: The words for an image outside the training domain, in the one-line output.
+OUTSIDE = "OUTSIDE THE TRAINING DOMAIN"
+#: How CSV joins the classes of a prediction set (class names may hold spaces).
+SET_SEPARATOR = "|"
+
+
+def _pair(score: float, threshold: float) -> tuple[str, str]:
+    """Two numbers with one decimal, or as many more (up to six) as it takes to tell them apart."""
+    for decimals in range(1, 7):
+        a, b = f"{score:.{decimals}f}", f"{threshold:.{decimals}f}"
+        if a != b:
+            break
+    return a, b
+
+
+def _percent(share: float) -> str:
+    return f"{round(100 * share, 4):g}%"
+
+
+def domain_words(in_domain: bool | None, domain_score: float | None, domain_threshold: float | None) -> str:
+    """What the domain check says, for a person; empty for an image inside the domain."""
+    if in_domain is None:
+        return NO_DOMAIN_CHECK
+    if in_domain:
+        return ""
+    if domain_score is not None and domain_threshold is not None:
+        score, threshold = _pair(domain_score, domain_threshold)
+        return f"{OUTSIDE} (score {score} > {threshold}); not for diagnosis"
+    return f"{OUTSIDE}; not for diagnosis"
+
+
+def set_words(prediction_set: Sequence[str], coverage: float | None) -> str:
+    """The prediction set, when it holds more than one class: ``set {Pre, Pro} at 95%``; else empty."""
+    if len(prediction_set) < 2:
+        return ""
+    level = f" at {_percent(coverage)}" if coverage is not None else ""
+    return f"set {{{', '.join(prediction_set)}}}{level}"
+
+
+def cell_words(record: Record) -> str:
+    """The notes on one classified image (a record), after a dash; empty when there is nothing to say."""
+    notes = [
+        domain_words(record.get("in_domain"), record.get("domain_score"), record.get("domain_threshold")),
+        set_words(record.get("prediction_set") or [], record.get("coverage")),
+    ]
+    said = "; ".join(note for note in notes if note)
+    return f" — {said}" if said else ""
+
+
+def cell_line(record: Record) -> str:
+    """One classified image in words: ``Pro-B ALL 99.9%`` and its notes (see the module docstring)."""
+    confidence = record["confidence"]
+    shown = f"{confidence:.1%}" if confidence is not None else "?%"
+    return f"{record['display_name']} {shown}{cell_words(record)}"
 
 
 def classify_record(image: InputImage, result: ClassifyResult, info: ModelDescription) -> Record:
@@ -30,6 +106,11 @@ def classify_record(image: InputImage, result: ClassifyResult, info: ModelDescri
         "model": result.model,
         "version": result.version,
         "request_id": result.request_id,
+        "in_domain": result.in_domain,
+        "domain_score": result.domain_score,
+        "domain_threshold": result.domain_threshold,
+        "prediction_set": list(result.prediction_set),
+        "coverage": result.coverage,
     }
 
 
@@ -45,6 +126,7 @@ def explain_record(
         "stopped_early": result.stopped_early,
         "top_segments": result.top_segments,
         **{q: result.quality.get(q) for q in _QUALITY},
+        "warnings": list(result.warnings),
         "pictures": {kind: str(path) for kind, path in pictures.items()},
     }
 
@@ -68,10 +150,20 @@ def specimen_document(
             "cells": len(specimen.cells),
             "counts": specimen.counts,
             "blast_fraction": specimen.blast_fraction,
+            "counted": specimen.counted_cells,
+            "domain_checked": any(cell.domain_checked for cell in specimen.cells),
+            "out_of_domain": specimen.out_of_domain,
+            "ambiguous": specimen.ambiguous,
+            "needs_review": specimen.needs_review,
+            "review_reason": specimen.review_reason,
             "review_first": [cells[i]["path"] for i in specimen.review_first[:review]],
         },
         "cells": cells,
     }
+
+
+def _cells(count: int) -> str:
+    return f"{count} cell{'' if count == 1 else 's'}"
 
 
 def specimen_text(document: dict[str, Any], info: ModelDescription) -> str:
@@ -82,23 +174,36 @@ def specimen_text(document: dict[str, Any], info: ModelDescription) -> str:
         f"specimen {document['specimen_id'] or '(no id)'}: {total} cells, "
         f"model {document['model']} version {document['version']}"
     ]
+    if summary["needs_review"]:
+        lines.append(f"NEEDS REVIEW: {summary['review_reason'] or 'the gateway asks for a review'}")
     width = max((len(info.display_name(label)) for label in summary["counts"]), default=0)
     for label, count in summary["counts"].items():
         lines.append(f"  {info.display_name(label):<{width}}  {count:>5}  {count / max(total, 1):6.1%}")
-    lines.append(f"blast fraction {summary['blast_fraction']:.1%}")
+    if summary["domain_checked"]:
+        counted = f"of {_cells(summary['counted'])} counted (inside the training domain)"
+    else:
+        counted = f"of {_cells(summary['counted'])} counted; {NO_DOMAIN_CHECK}"
+    lines.append(f"blast fraction {summary['blast_fraction']:.1%} {counted}")
+    if summary["domain_checked"]:
+        outside = _cells(summary["out_of_domain"])
+        lines.append(f"outside the training domain: {outside} (not counted, not for diagnosis)")
+    lines.append(f"ambiguous (prediction set of more than one class): {_cells(summary['ambiguous'])}")
     if summary["review_first"]:
         lines.append("look first at (least confident first):")
         by_path = {cell["path"]: cell for cell in document["cells"]}
         for rank, path in enumerate(summary["review_first"], start=1):
-            cell = by_path[path]
-            lines.append(f"  {rank:>3}. {path}  {cell['display_name']} {cell['confidence']:.1%}")
+            lines.append(f"  {rank:>3}. {path}  {cell_line(by_path[path])}")
     return "\n".join(lines)
 
 
 def _flat(record: Record) -> Record:
     flat: Record = {}
     for key, value in record.items():
-        if key == "scores":
+        if key == "prediction_set":
+            flat[key] = SET_SEPARATOR.join(value)
+        elif key == "warnings":
+            flat[key] = " | ".join(value)
+        elif key == "scores":
             flat.update({f"score_{label}": score for label, score in value.items()})
         elif key == "pictures":
             flat.update({f"picture_{kind}": path for kind, path in value.items()})
@@ -123,8 +228,8 @@ def csv_text(records: Sequence[Record]) -> str:
 
 
 def json_text(document: Any) -> str:
-    """A document as indented JSON."""
-    return json.dumps(document, indent=2) + "\n"
+    """A document as indented JSON; a NaN or infinite number becomes null (JSON has neither)."""
+    return json.dumps(json_safe(document), indent=2, allow_nan=False) + "\n"
 
 
 def write(target: str | None, text: str) -> None:

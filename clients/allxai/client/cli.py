@@ -6,6 +6,12 @@ and --json-out FILE and --csv-out FILE write them as well. explain writes four p
 (<name>_overlay.png, _mask.png, _heatmap.png, _figure.png). The exit status is 0 when every image
 succeeded, 1 when any failed (each failure on its own line), 2 for a wrong command line.
 
+Every answer says whether the image lies inside the model's training domain: one outside it is called
+OUTSIDE THE TRAINING DOMAIN, not for diagnosis, and a model without a domain check is said to have none.
+A calibrated prediction set of more than one class is shown with its coverage (--alpha picks the level,
+one the model was calibrated for); specimen counts the cells outside the domain and the ambiguous ones, and
+says NEEDS REVIEW, with the reason, when the gateway asks for it. explain prints the explanation's warnings.
+
 The other commands (serve, train, evaluate, export, compare, watch, loadtest) are found among the installed
 parts of allxai and loaded only when called; one whose extra is not installed says how to install it.
 The commands that call a gateway take the same TLS and token options; a bearer token comes from
@@ -171,6 +177,7 @@ def _parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("classify", parents=[connection, output], help="classify images, one call each")
     p.add_argument("images", nargs="+", metavar="IMAGE", help=images_help)
+    opts.add_alpha_option(p)
     p.set_defaults(run=_commands.classify)
 
     p = sub.add_parser(
@@ -181,6 +188,7 @@ def _parser() -> argparse.ArgumentParser:
         "--out", default="results", help="folder for the pictures, <name>_<kind>.png (default %(default)s)"
     )
     opts.add_lime_options(p)
+    opts.add_alpha_option(p)
     p.add_argument(
         "--top-k", type=opts.int_in(1, opts.INT32_MAX), default=5, help="superpixels in the mask (default 5)"
     )
@@ -218,6 +226,7 @@ def _parser() -> argparse.ArgumentParser:
         default=10,
         help="least confident cells to list (default 10)",
     )
+    opts.add_alpha_option(p)
     p.set_defaults(run=_commands.specimen)
 
     p = sub.add_parser("info", parents=[connection], help="describe the served model")

@@ -54,6 +54,28 @@ def positive_float(text: str) -> float:
     return value
 
 
+def level(text: str) -> float:
+    """An argparse ``type`` for a miscoverage level ``alpha``: a number strictly between 0 and 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"must be between 0 and 1 (e.g. 0.05): {text!r}")
+    return value
+
+
+def add_alpha_option(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """Add ``--alpha``, the miscoverage level of the prediction sets (one the model was calibrated for)."""
+    parser.add_argument(
+        "--alpha",
+        type=level,
+        default=None,
+        help="miscoverage level of the prediction sets, one the model was calibrated for (its card's "
+        "conformal levels, see allxai info); the set then covers 1 - alpha (default: the server's, 0.05)",
+    )
+
+
 def add_lime_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
     """Add ``--samples`` and ``--seed`` of an explanation, checked against what a request can carry."""
     parser.add_argument(
