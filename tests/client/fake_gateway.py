@@ -89,7 +89,11 @@ def summary(cells: list[pb.Classification]) -> pb.SpecimenSummary:
     s = pb.SpecimenSummary(
         counts=[pb.ClassCount(label=n, count=k) for n, k in counts.items()],
         blast_fraction=blasts / len(counted) if counted else 0.0,
-        review_first=sorted(range(len(cells)), key=lambda i: cells[i].confidence),
+        # As the gateway orders them: outside the domain first, then the least confident.
+        review_first=sorted(
+            range(len(cells)),
+            key=lambda i: (not cells[i].HasField("in_domain") or cells[i].in_domain, cells[i].confidence),
+        ),
         out_of_domain=outside,
         ambiguous=sum(len(c.prediction_set) > 1 for c in cells),
         counted=len(counted),

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+from allxai.client import ModelDescription
+from allxai.client._commands import uncalibrated as uncalibrated_alpha
 from allxai.client._output import cell_line, domain_words, json_text, set_words
 from allxai.client.cli import main
 from tests.client.fake_gateway import EXPLAIN_WARNING, FakeServicer, fake_gateway
@@ -122,6 +124,11 @@ def test_an_alpha_the_model_was_not_calibrated_for_is_refused_before_any_image(
         err = capsys.readouterr().err
         assert "--alpha 0.07 was not calibrated for model allnet; choose one of 0.05, 0.1, 0.2" in err
     assert len(servicer.requests) == sent
+    uncalibrated = ModelDescription("plain", 1, ["A", "B"], (8, 8), {})
+    assert uncalibrated_alpha(uncalibrated, None) == ""
+    assert uncalibrated_alpha(uncalibrated, 0.05) == (
+        "model plain carries no conformal calibration: it gives no prediction sets, so --alpha cannot be used"
+    )
     for bad in ("0", "1", "x"):
         with pytest.raises(SystemExit) as exited:
             main(["classify", "--target", target, "--alpha", bad, str(images["in"])])
@@ -170,9 +177,11 @@ def test_specimen_counts_the_cells_outside_the_domain_and_says_needs_review(
     assert "blast fraction 100.0% of 2 cells counted (inside the training domain)" in lines
     assert "outside the training domain: 3 cells (not counted, not for diagnosis)" in lines
     assert "ambiguous (prediction set of more than one class): 4 cells" in lines
-    assert lines[-2:] == [
-        f"    1. {folder / 'd.png'}  Pre-B ALL 56.0% — set {{Pre, Pro}} at 95%",
-        f"    2. {folder / 'a.png'}  Pro-B ALL 95.0%",
+    outside = "Pro-B ALL 99.9% — OUTSIDE THE TRAINING DOMAIN (score 41.2 > 12.0); not for diagnosis"
+    assert lines[-3:] == [
+        "look first at (outside the training domain first, then the least confident):",
+        f"    1. {folder / 'b.png'}  {outside}; set {{Pro, Pre}} at 95%",
+        f"    2. {folder / 'c.png'}  {outside}; set {{Pro, Pre}} at 95%",
     ]
     document = json.loads(json_out.read_text())
     summary = document["summary"]

@@ -113,6 +113,8 @@ def test_a_specimen_in_batches_counts_only_cells_inside_the_domain() -> None:
         assert [c.in_domain for c in result.cells] == [True, False, True, False, True]
         assert result.cells[2].prediction_set == ["Pre", "Pro"]
         assert [c.coverage for c in result.cells] == [0.9] * 5
+        # Outside the domain first, then the least confident, across batches as in one call.
+        assert result.review_first == [1, 3, 2, 0, 4]
     # 2 of 5 is within the limit, and so is each batch (one of two at most).
     assert not whole.needs_review and not batched.needs_review and whole.review_reason == ""
     # A batch of two cells outside the domain is over it; the reason names the batch's cells.

@@ -82,13 +82,15 @@ class _Run:
 
 
 def uncalibrated(info: ModelDescription, alpha: float | None) -> str:
-    """Why ``--alpha`` cannot be asked of this model (a level its card does not list); empty when it can.
-
-    A card that lists no levels is left to the gateway, which says itself what it makes of the request.
-    """
+    """Why ``--alpha`` cannot be asked of this model (a level its card does not list); empty when it can."""
     levels = info.alphas
-    if alpha is None or not levels or any(math.isclose(alpha, a, rel_tol=1e-6) for a in levels):
+    if alpha is None or any(math.isclose(alpha, a, rel_tol=1e-6) for a in levels):
         return ""
+    if not levels:
+        return (
+            f"model {info.name} carries no conformal calibration: it gives no prediction sets, so --alpha "
+            "cannot be used"
+        )
     listed = ", ".join(f"{a:g}" for a in levels)
     return f"--alpha {alpha:g} was not calibrated for model {info.name}; choose one of {listed}"
 

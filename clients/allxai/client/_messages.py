@@ -113,6 +113,11 @@ def classify_result(response: pb.ClassifyResponse) -> r.ClassifyResult:
     return _classify_result(response.classification, response.model, response.request_id, response.image_id)
 
 
+def _review_key(cell: r.ClassifyResult) -> tuple[bool, float]:
+    """Where a cell stands in the review order: outside the training domain first, then least confident."""
+    return (cell.in_domain is not False, cell.confidence)
+
+
 class SpecimenBatches:
     """Splits a specimen into ClassifySpecimen requests and joins their answers into one result.
 
@@ -184,7 +189,7 @@ class SpecimenBatches:
         counts: dict[str, int] = {}
         blasts = counted = out_of_domain = ambiguous = 0
         reasons: list[tuple[int, int, str]] = []
-        orders: list[list[tuple[float, int]]] = []
+        orders: list[list[tuple[tuple[bool, float], int]]] = []
         for response in self._responses:
             offset = len(cells)
             cells += [
@@ -206,7 +211,8 @@ class SpecimenBatches:
             if summary.needs_review:
                 reason = summary.review_reason or "the gateway asks for a review"
                 reasons.append((offset + 1, len(cells), reason))
-            orders.append([(cells[offset + i].confidence, offset + i) for i in summary.review_first])
+            # The gateway's order: cells outside the domain first, then the least confident.
+            orders.append([(_review_key(cells[offset + i]), offset + i) for i in summary.review_first])
         if len(self._responses) > 1:
             # Each batch's reason speaks of its own cells: say which.
             review_reason = "; ".join(f"cells {first}-{last}: {why}" for first, last, why in reasons)

@@ -189,7 +189,7 @@ def specimen_text(document: dict[str, Any], info: ModelDescription) -> str:
         lines.append(f"outside the training domain: {outside} (not counted, not for diagnosis)")
     lines.append(f"ambiguous (prediction set of more than one class): {_cells(summary['ambiguous'])}")
     if summary["review_first"]:
-        lines.append("look first at (least confident first):")
+        lines.append("look first at (outside the training domain first, then the least confident):")
         by_path = {cell["path"]: cell for cell in document["cells"]}
         for rank, path in enumerate(summary["review_first"], start=1):
             lines.append(f"  {rank:>3}. {path}  {cell_line(by_path[path])}")

@@ -131,7 +131,8 @@ class ClassifyResult:
 class SpecimenResult:
     """All cells of a specimen, in the order given, and its summary.
 
-    ``review_first`` holds indices into ``cells``, least confident first: the cells to look at first.
+    ``review_first`` holds indices into ``cells``, the cells to look at first: those outside the training
+    domain, then the least confident.
     ``counts`` covers every cell, but ``blast_fraction`` only the ``counted`` ones: those inside the
     training domain (all cells when the model has no domain check). ``out_of_domain`` cells were found
     outside it; ``ambiguous`` cells have a prediction set of more than one class. When ``needs_review``,

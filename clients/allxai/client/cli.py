@@ -209,8 +209,9 @@ def _parser() -> argparse.ArgumentParser:
         parents=[connection, output],
         help="classify all cells of one specimen: per-cell results and a summary",
         description="Classify all cell images of one specimen (ClassifySpecimen, in batches) and summarise "
-        "it: counts per class, blast fraction, the least confident cells first. --json prints the whole "
-        "specimen; --csv one row per cell.",
+        "it: counts per class, blast fraction over the cells inside the training domain, the cells "
+        "outside it and the ambiguous ones, whether it needs review, the cells to look at first. --json "
+        "prints the whole specimen; --csv one row per cell.",
     )
     p.add_argument("images", nargs="+", metavar="IMAGE", help=images_help)
     p.add_argument("--specimen-id", default="", help="opaque specimen id, echoed back and audited")
@@ -224,7 +225,7 @@ def _parser() -> argparse.ArgumentParser:
         "--review",
         type=opts.int_in(0, opts.INT32_MAX),
         default=10,
-        help="least confident cells to list (default 10)",
+        help="cells to list for review, outside the training domain first, then least confident (default 10)",
     )
     opts.add_alpha_option(p)
     p.set_defaults(run=_commands.specimen)
