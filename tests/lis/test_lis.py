@@ -289,6 +289,265 @@ def test_a_final_report_needs_the_reviewer_and_names_them() -> None:
     parse_bundle(json.dumps(bundle))
 
 
+# --- the domain gate and the prediction sets ----------------------------------------------------------------
+
+
+def _gated(
+    kind: str = "ood", image_id: str = "cell-1.png", request_id: str = "req-42", coverage: float | None = 0.95
+) -> ClassifyResult:
+    """A classification as a gated model gives it: ``ood`` (outside, ambiguous set), ``amb`` (inside,
+    ambiguous), ``in`` (inside, one class), ``none`` (a model without a check or calibration)."""
+    if kind == "none":
+        return _cell(image_id=image_id)
+    label, confidence = {"ood": ("Pro", 0.999), "amb": ("Pre", 0.56), "in": ("Pro", 0.95)}[kind]
+    members = {"ood": ["Pro", "Pre"], "amb": ["Pre", "Pro"], "in": ["Pro"]}[kind]
+    return replace(
+        _cell(label, confidence, image_id),
+        request_id=request_id,
+        in_domain=kind != "ood",
+        domain_score={"ood": 41.2, "amb": 7.5, "in": 3.5}[kind],
+        domain_threshold=12.0,
+        prediction_set=members if coverage is not None else [],
+        coverage=coverage,
+    )
+
+
+def _notes_after(message: Any, obx: Any) -> list[str]:
+    """The NTE texts of the observation group that ``obx`` opens."""
+    return [n.nte_3.to_er7() for n in obx.parent.children if n.name == "NTE"]
+
+
+def test_hl7_flags_an_image_outside_the_domain_and_carries_its_set() -> None:
+    report = LabReport(MODEL, classification=_gated("ood"), issued_at=ISSUED)
+    message = parse_oru(to_oru(report))  # strict parse and validate
+    (predicted,) = _obx(message, "ALLXAI-CLASS")
+    assert predicted.obx_8.to_er7() == "A"  # abnormal flag: read the note
+    notes = _notes_after(message, predicted)
+    assert notes[0].startswith(
+        "The image lies outside the model's training domain (domain score 41.2, above the calibrated "
+        "threshold 12.0): the classification is not for diagnosis."
+    )
+    assert notes[1].startswith("Prediction set at 95% coverage: Pro-B ALL, Pre\\F\\B \\T\\ co\\S\\.")
+    assert "ambiguous" in notes[1]
+    # The report's own notes: the AI label, then the warning, before any result.
+    obr_notes = [n.nte_3.to_er7() for n in segments(message, "NTE")][:2]
+    assert obr_notes[1] == (
+        "WARNING: the image lies outside the model's training domain; its classification is not for "
+        "diagnosis."
+    )
+    (domain,) = _obx(message, "ALLXAI-DOMAIN")
+    assert (
+        domain.obx_5.to_er7().startswith("OUT^Outside the model's training domain")
+        and domain.obx_8.to_er7() == "A"
+    )
+    (score,) = _obx(message, "ALLXAI-DSCORE")
+    assert float(score.obx_5.to_er7()) == 41.2 and score.obx_8.to_er7() == "H"
+    (threshold,) = _obx(message, "ALLXAI-DTHRESH")
+    assert float(threshold.obx_5.to_er7()) == 12.0
+    (members,) = _obx(message, "ALLXAI-SET")
+    assert [m.to_er7().split("^")[0] for m in members.obx_5] == ["Pro", "Pre"]  # one CWE repetition each
+    (coverage,) = _obx(message, "ALLXAI-COVER")
+    assert float(coverage.obx_5.to_er7()) == 0.95
+    # Only what is out of the ordinary is flagged.
+    flagged = {o.obx_3.to_er7().split("^")[0] for o in segments(message, "OBX") if o.obx_8.to_er7()}
+    assert flagged == {"ALLXAI-CLASS", "ALLXAI-DOMAIN", "ALLXAI-DSCORE"}
+
+
+def test_hl7_inside_the_domain_is_not_flagged_and_says_so() -> None:
+    message = parse_oru(to_oru(LabReport(MODEL, classification=_gated("amb"))))
+    assert not [o for o in segments(message, "OBX") if o.obx_8.to_er7()]
+    (predicted,) = _obx(message, "ALLXAI-CLASS")
+    notes = _notes_after(message, predicted)
+    assert notes[0] == (
+        "The image lies inside the model's training domain (domain score 7.5, within the calibrated "
+        "threshold 12.0)."
+    )
+    assert _obx(message, "ALLXAI-DOMAIN")[0].obx_5.to_er7().startswith("IN^")
+    assert [m.to_er7().split("^")[0] for m in _obx(message, "ALLXAI-SET")[0].obx_5] == ["Pre", "Pro"]
+    assert len(segments(message, "NTE")) == 1 + 2  # the AI label; the domain and the set: no warning
+    single = parse_oru(to_oru(LabReport(MODEL, classification=_gated("in"))))
+    (members,) = _obx(single, "ALLXAI-SET")
+    assert [m.to_er7() for m in members.obx_5] == ["Pro^Pro-B ALL^99ALX"]
+    assert "Pro-B ALL alone" in _notes_after(single, _obx(single, "ALLXAI-CLASS")[0])[1]
+
+
+def test_hl7_without_a_domain_check_says_so_and_flags_nothing() -> None:
+    message = parse_oru(to_oru(LabReport(MODEL, classification=_gated("none"))))
+    assert not [o for o in segments(message, "OBX") if o.obx_8.to_er7()]
+    (predicted,) = _obx(message, "ALLXAI-CLASS")
+    assert _notes_after(message, predicted) == [
+        "No domain check: the model carries none, so it was not checked whether the image is like the images "
+        "the model was trained on.",
+        "No prediction set: the model carries no conformal calibration.",
+    ]
+    assert (
+        _obx(message, "ALLXAI-DOMAIN")[0].obx_5.to_er7() == "NONE^No domain check: the model has none^99ALX"
+    )
+    for code in ("ALLXAI-DSCORE", "ALLXAI-DTHRESH", "ALLXAI-SET", "ALLXAI-COVER"):
+        assert _obx(message, code) == [], code
+    # Calibrated, with an empty set: the coverage, and words for what the empty set means.
+    empty = replace(_gated("in"), prediction_set=[])
+    message = parse_oru(to_oru(LabReport(MODEL, classification=empty)))
+    assert _obx(message, "ALLXAI-SET") == [] and len(_obx(message, "ALLXAI-COVER")) == 1
+    assert "empty (no class was needed" in _notes_after(message, _obx(message, "ALLXAI-CLASS")[0])[1]
+
+
+def _gated_specimen(needs_review: bool = True) -> SpecimenResult:
+    cells = [_gated("ood", "a.png"), _gated("in", "b.png"), _gated("amb", "c.png"), _gated("ood", "d.png")]
+    reason = "2 of 4 cells (50%) lie outside the model's training domain, more than the 25% allowed"
+    return SpecimenResult(
+        cells,
+        {"Benign": 0, "Early": 0, "Pre": 1, "Pro": 3},
+        1.0,
+        [0, 3, 2, 1],
+        out_of_domain=2,
+        ambiguous=3,
+        counted=2,
+        needs_review=needs_review,
+        review_reason=reason if needs_review else "",
+    )
+
+
+def test_hl7_specimen_counts_cells_outside_the_domain_and_says_it_needs_review() -> None:
+    report = LabReport(MODEL, specimen=_gated_specimen(), specimen_id="S-3", observed_at=WHEN)
+    message = parse_oru(to_oru(report))
+    counts = {
+        code: int(_obx(message, code)[0].obx_5.to_er7())
+        for code in ("ALLXAI-NCELLS", "ALLXAI-NCOUNT", "ALLXAI-NOOD", "ALLXAI-NAMB")
+    }
+    assert counts == {"ALLXAI-NCELLS": 4, "ALLXAI-NCOUNT": 2, "ALLXAI-NOOD": 2, "ALLXAI-NAMB": 3}
+    (blast,) = _obx(message, "ALLXAI-BLAST")
+    assert _notes_after(message, blast)[0] == (
+        "The blast fraction counts only the 2 of 4 cells inside the model's training domain; the 2 cells "
+        "outside it are left out."
+    )
+    (review,) = _obx(message, "ALLXAI-REVIEW")
+    assert review.obx_5.to_er7() == "Y^Yes^HL70136" and review.obx_8.to_er7() == "A"
+    assert _notes_after(message, review) == [
+        "Needs review: 2 of 4 cells (50%) lie outside the model's training domain, more than the 25% allowed"
+    ]
+    assert any(
+        n.nte_3.to_er7().startswith("WARNING: the specimen needs review") for n in segments(message, "NTE")
+    )
+    per_cell = _obx(message, "ALLXAI-CLASS")
+    assert [o.obx_8.to_er7() for o in per_cell] == ["A", "", "", "A"]
+    assert _notes_after(message, per_cell[0])[0].startswith(
+        "Outside the model's training domain: not for diagnosis."
+    )
+    assert _notes_after(message, per_cell[1]) == []  # inside, one class: nothing to say
+    assert _notes_after(message, per_cell[2])[0].startswith("Ambiguous: prediction set at 95% coverage: Pre")
+
+    calm = parse_oru(to_oru(LabReport(MODEL, specimen=_gated_specimen(needs_review=False))))
+    (review,) = _obx(calm, "ALLXAI-REVIEW")
+    assert review.obx_5.to_er7() == "N^No^HL70136" and review.obx_8.to_er7() == ""
+    # A model without a check: every cell counted, and the note says why.
+    cells = [_cell("Pro", 0.9, "a.png"), _cell("Benign", 0.6, "b.png")]
+    plain = SpecimenResult(cells, {"Benign": 1, "Early": 0, "Pre": 0, "Pro": 1}, 0.5, [1, 0])
+    message = parse_oru(to_oru(LabReport(MODEL, specimen=plain)))
+    assert int(_obx(message, "ALLXAI-NCOUNT")[0].obx_5.to_er7()) == 2
+    assert _notes_after(message, _obx(message, "ALLXAI-BLAST")[0])[0] == (
+        "No domain check: the model carries none, so the blast fraction counts all 2 cells."
+    )
+    assert not [o for o in segments(message, "OBX") if o.obx_8.to_er7()]
+
+
+def test_hl7_explanation_warnings_follow_the_overlay(cell_png: bytes) -> None:
+    warning = "the image lies outside the model's training domain: the explanation shows what it looked at"
+    explained = replace(_explanation(cell_png), classification=_gated("ood"), warnings=[warning])
+    message = parse_oru(to_oru(LabReport(MODEL, explanation=explained)))
+    (overlay,) = _obx(message, "ALLXAI-LIME")
+    assert _notes_after(message, overlay)[1] == f"Warning: {warning}"
+
+
+def _resources(text: str) -> dict[str, list[dict[str, Any]]]:
+    parse_bundle(text)  # fhir.resources validates while parsing
+    found: dict[str, list[dict[str, Any]]] = {}
+    for entry in json.loads(text)["entry"]:
+        found.setdefault(entry["resource"]["resourceType"], []).append(entry["resource"])
+    return found
+
+
+def _code(resource: dict[str, Any]) -> str:
+    return str(resource["code"]["coding"][0]["code"])
+
+
+def test_fhir_interprets_an_image_outside_the_domain_and_gives_its_set() -> None:
+    resources = _resources(to_fhir_json(LabReport(MODEL, classification=_gated("ood"))))
+    (observation,) = [o for o in resources["Observation"] if _code(o) == "ALLXAI-CLASS"]
+    (interpretation,) = observation["interpretation"]
+    assert interpretation["coding"] == [
+        {
+            "system": "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation",
+            "code": "EX",
+            "display": "outside threshold",
+        }
+    ]
+    assert interpretation["text"] == "Outside the model's training domain: not for diagnosis"
+    notes = [n["text"] for n in observation["note"]]
+    assert notes[0].startswith("The image lies outside the model's training domain (domain score 41.2")
+    assert notes[1].startswith("Prediction set at 95% coverage: Pro-B ALL, Pre|B & co^.")
+    parts = {}
+    for component in observation["component"]:
+        parts.setdefault(_code(component), []).append(component)
+    assert parts["ALLXAI-DOMAIN"][0]["valueCodeableConcept"]["coding"][0]["code"] == "OUT"
+    (score,) = parts["ALLXAI-DSCORE"]
+    assert score["valueQuantity"]["value"] == 41.2 and score["referenceRange"][0]["high"]["value"] == 12.0
+    assert score["interpretation"][0]["coding"][0]["code"] == "EX"
+    assert [c["valueCodeableConcept"]["coding"][0]["code"] for c in parts["ALLXAI-SET"]] == ["Pro", "Pre"]
+    assert parts["ALLXAI-COVER"][0]["valueQuantity"]["value"] == 0.95
+    (diagnostic,) = resources["DiagnosticReport"]
+    assert diagnostic["conclusion"].endswith(
+        "WARNING: the image lies outside the model's training domain; its classification is not for "
+        "diagnosis."
+    )
+
+
+def test_fhir_inside_the_domain_or_without_a_check_has_no_interpretation() -> None:
+    for kind, first_note in (
+        ("amb", "The image lies inside the model's training domain"),
+        ("none", "No domain check: the model carries none"),
+    ):
+        resources = _resources(to_fhir_json(LabReport(MODEL, classification=_gated(kind))))
+        (observation,) = [o for o in resources["Observation"] if _code(o) == "ALLXAI-CLASS"]
+        assert "interpretation" not in observation, kind
+        assert observation["note"][0]["text"].startswith(first_note)
+        (diagnostic,) = resources["DiagnosticReport"]
+        assert "WARNING" not in diagnostic["conclusion"]
+    parts = {_code(c) for c in observation["component"]}
+    assert "ALLXAI-DOMAIN" in parts and not parts & {"ALLXAI-DSCORE", "ALLXAI-SET", "ALLXAI-COVER"}
+    assert observation["note"][1]["text"] == "No prediction set: the model carries no conformal calibration."
+
+
+def test_fhir_specimen_counts_cells_outside_the_domain_and_says_it_needs_review(cell_png: bytes) -> None:
+    warning = "the image lies outside the model's training domain"
+    explained = replace(_explanation(cell_png), classification=_gated("ood"), warnings=[warning])
+    report = LabReport(MODEL, explanation=explained, specimen=_gated_specimen(), specimen_id="S-3")
+    resources = _resources(to_fhir_json(report))
+    by_code: dict[str, list[dict[str, Any]]] = {}
+    for observation in resources["Observation"]:
+        by_code.setdefault(_code(observation), []).append(observation)
+    values = {
+        c: by_code[c][0]["valueQuantity"]["value"] for c in ("ALLXAI-NCOUNT", "ALLXAI-NOOD", "ALLXAI-NAMB")
+    }
+    assert values == {"ALLXAI-NCOUNT": 2, "ALLXAI-NOOD": 2, "ALLXAI-NAMB": 3}
+    (review,) = by_code["ALLXAI-REVIEW"]
+    assert review["valueBoolean"] is True
+    assert review["note"][0]["text"].startswith("Needs review: 2 of 4 cells (50%) lie outside")
+    (blast,) = by_code["ALLXAI-BLAST"]
+    assert blast["note"][0]["text"].startswith("The blast fraction counts only the 2 of 4 cells inside")
+    cells = by_code["ALLXAI-CLASS"][1:]  # after the explained image's own
+    assert ["interpretation" in c for c in cells] == [True, False, False, True]
+    assert [len(c.get("note", [])) for c in cells] == [1, 0, 1, 1]
+    (explanation,) = by_code["ALLXAI-LIME"]
+    assert explanation["note"][1]["text"] == f"Warning: {warning}"
+    (diagnostic,) = resources["DiagnosticReport"]
+    assert (
+        "WARNING: the specimen needs review before its numbers are used: 2 of 4 cells"
+        in diagnostic["conclusion"]
+    )
+    assert diagnostic["conclusion"].endswith(f"Explanation: {warning}")
+
+
 # --- the folder watcher, against the real gateway ---------------------------------------------------------
 
 
@@ -495,19 +754,33 @@ def test_watch_reports_bad_security_settings_without_a_traceback(
 
 
 class FakeClient:
-    """Stands in for ``Client``: records the calls, and fails ``model_info`` as often as told."""
+    """Stands in for ``Client``: records the calls, answers with ``cell`` (default ``_cell()``) or fails with
+    ``error``, and fails ``model_info`` as often as told."""
 
-    def __init__(self, model_info_failures: int = 0) -> None:
+    def __init__(
+        self,
+        model_info_failures: int = 0,
+        cell: ClassifyResult | None = None,
+        error: AllxaiClientError | None = None,
+    ) -> None:
         self.calls: list[tuple[str, dict[str, Any]]] = []
         self.model_info_failures = model_info_failures
+        self.cell = cell
+        self.error = error
+
+    def _answer(self) -> ClassifyResult:
+        if self.error is not None:
+            raise self.error
+        return self.cell or _cell()
 
     def classify(self, data: bytes, **ids: Any) -> ClassifyResult:
         self.calls.append(("classify", ids))
-        return _cell(image_id=ids["image_id"])
+        return replace(self._answer(), image_id=ids["image_id"])
 
     def explain(self, data: bytes, **params: Any) -> ExplainResult:
         self.calls.append(("explain", params))
-        return replace(_explanation(png_bytes(np.zeros((8, 8, 3), dtype=np.uint8))), classification=_cell())
+        explained = _explanation(png_bytes(np.zeros((8, 8, 3), dtype=np.uint8)))
+        return replace(explained, classification=self._answer())
 
     def model_info(self) -> ModelDescription:
         if self.model_info_failures:
@@ -576,7 +849,7 @@ def test_watch_sends_the_same_ids_from_classify_and_explain_and_invents_no_speci
     (image,) = _images(tmp_path, cell_png, 1)
     plain = FakeClient()
     assert _watcher(tmp_path, plain).poll() == 0
-    assert plain.calls == [("classify", {"image_id": "cell-0.png", "specimen_id": ""})]
+    assert plain.calls == [("classify", {"image_id": "cell-0.png", "specimen_id": "", "alpha": None})]
     hl7 = parse_oru(files.output(image, files.HL7_SUFFIX).read_text())
     (obr,) = segments(hl7, "OBR")
     assert obr.obr_2.to_er7() == "" and obr.obr_3.to_er7() == "req-42^ALLXAI" and obr.obr_7.to_er7() == ""
@@ -614,3 +887,70 @@ def test_watch_refuses_bad_options_at_start_up(
         code = exited.code  # argparse's own errors
     err = capsys.readouterr().err
     assert code == 2 and message in err and "Traceback" not in err
+
+
+def test_watch_reports_an_image_outside_the_domain_flagged_and_sends_alpha(
+    cell_png: bytes, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    (image,) = _images(tmp_path, cell_png, 1)
+    client = FakeClient(cell=_gated("ood"))
+    with caplog.at_level(logging.INFO, logger="allxai.lis"):
+        assert _watcher(tmp_path, client, alpha=0.1).poll() == 0
+    assert client.calls == [("classify", {"image_id": "cell-0.png", "specimen_id": "", "alpha": 0.1})]
+    assert any("OUTSIDE THE TRAINING DOMAIN, not for diagnosis" in r.getMessage() for r in caplog.records)
+    _outputs_complete(image, explain=False)
+    summary = json.loads(files.output(image, files.JSON_SUFFIX).read_text())
+    assert summary["in_domain"] is False and summary["prediction_set"] == ["Pro", "Pre"]
+    assert (summary["domain_score"], summary["domain_threshold"], summary["coverage"]) == (41.2, 12.0, 0.95)
+    (predicted,) = _obx(parse_oru(files.output(image, files.HL7_SUFFIX).read_text()), "ALLXAI-CLASS")
+    assert predicted.obx_8.to_er7() == "A"
+    fhir = json.loads(files.output(image, files.FHIR_SUFFIX).read_text())
+    (observation,) = [
+        e["resource"]
+        for e in fhir["entry"]
+        if e["resource"]["resourceType"] == "Observation" and _code(e["resource"]) == "ALLXAI-CLASS"
+    ]
+    assert observation["interpretation"][0]["coding"][0]["code"] == "EX"
+
+    # Explained: the alpha goes with the explanation, and no NaN reaches the JSON.
+    files.output(image, files.MARKER_SUFFIX).unlink()
+    nan = replace(_gated("in"), domain_score=float("nan"))
+    explained = FakeClient(cell=nan)
+    assert _watcher(tmp_path, explained, explain=True, alpha=0.2).poll() == 0
+    assert explained.calls[0][1]["alpha"] == 0.2
+    text = files.output(image, files.JSON_SUFFIX).read_text()
+    assert "NaN" not in text and json.loads(text)["domain_score"] is None
+
+
+def test_watch_records_an_image_the_gateway_refuses_as_outside_the_domain(
+    cell_png: bytes, tmp_path: Path
+) -> None:
+    """Under the gateway's refuse policy an image outside the domain stays outside: recorded, not retried."""
+    (image,) = _images(tmp_path, cell_png, 1)
+    refused = AllxaiClientError("FAILED_PRECONDITION", "the image lies outside the training domain of model")
+    client = FakeClient(error=refused)
+    assert _watcher(tmp_path, client, max_attempts=3).poll() == 0
+    error = json.loads(files.output(image, files.ERROR_SUFFIX).read_text())
+    assert error["code"] == "FAILED_PRECONDITION" and "outside the training domain" in error["message"]
+    assert (files.read_marker(image) or {}).get("status") == "error" and len(client.calls) == 1
+
+
+def test_watch_never_records_a_refused_alpha_against_the_image(
+    cell_png: bytes, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    (image,) = _images(tmp_path, cell_png, 1)
+    wrong = AllxaiClientError("INVALID_ARGUMENT", "alpha: alpha 0.07 was not calibrated; choose one of 0.05")
+    watcher = _watcher(tmp_path, FakeClient(error=wrong), alpha=0.07, max_attempts=2)
+    with caplog.at_level(logging.ERROR, logger="allxai.lis"):
+        assert watcher.poll() == 1 and watcher.poll() == 0
+    assert watcher.given_up == {image.name} and files.read_marker(image) is None
+    assert not files.output(image, files.ERROR_SUFFIX).exists()
+    assert any("the gateway refuses --alpha" in r.getMessage() for r in caplog.records)
+
+
+def test_watch_refuses_an_alpha_that_cannot_be_a_level(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main([str(tmp_path), "--once", "--target", "127.0.0.1:9", "--alpha", "1.5"])
+    assert exited.value.code == 2 and "--alpha: must be between 0 and 1" in capsys.readouterr().err

@@ -13,6 +13,7 @@ from allxai.client._results import (
     ExplainResult,
     ModelDescription,
     SpecimenResult,
+    json_safe,
 )
 from allxai.client.aio import AsyncClient
 from allxai.client.sdk import Client
@@ -29,5 +30,6 @@ __all__ = [
     "ExplainResult",
     "ModelDescription",
     "SpecimenResult",
+    "json_safe",
     "service_config",
 ]

@@ -1,4 +1,11 @@
-"""The resources of the FHIR bundle (see ``allxai.lis.fhir``): Device, Patient, Specimen, Observations."""
+"""The resources of the FHIR bundle (see ``allxai.lis.fhir``): Device, Patient, Specimen, Observations.
+
+A cell's Observation says how far the model is entitled to judge the image: outside the training domain it
+carries the ``interpretation`` EX ("outside threshold", HL7 v3 ObservationInterpretation) and a note that
+the class is not for diagnosis; its components give the domain check (IN, OUT, or NONE when the model has
+none, which gets no interpretation), the domain score against its threshold (``referenceRange.high``), the
+classes of the conformal prediction set (one component each, most probable first) and the set's coverage.
+"""
 
 from __future__ import annotations
 
@@ -11,12 +18,24 @@ from allxai.lis._report import (
     AIAST_SYSTEM,
     CODE_CLASS,
     CODE_CONFIDENCE,
+    CODE_COVERAGE,
+    CODE_DOMAIN,
+    CODE_DOMAIN_SCORE,
+    CODE_SET,
     FHIR_LOCAL_SYSTEM,
+    INTERPRETATION_SYSTEM,
+    OUT_OF_DOMAIN_INTERPRETATION,
     SENDING_APPLICATION,
     LabReport,
+    cell_flags,
     class_system,
     code_token,
+    domain_code,
+    domain_note,
+    finite_gate,
+    note_text,
     score_code,
+    set_note,
 )
 
 UCUM = "http://unitsofmeasure.org"
@@ -69,6 +88,15 @@ def concept(code: tuple[str, str]) -> dict[str, Any]:
 
 def fraction(value: float) -> dict[str, Any]:
     return {"value": round(float(value), 6), "unit": "1", "system": UCUM, "code": "1"}
+
+
+def out_of_domain_interpretation() -> dict[str, Any]:
+    """The interpretation of an answer outside the training domain (v3 EX, with the reason in words)."""
+    code, display = OUT_OF_DOMAIN_INTERPRETATION
+    return {
+        "coding": [{"system": INTERPRETATION_SYSTEM, "code": code, "display": display}],
+        "text": "Outside the model's training domain: not for diagnosis",
+    }
 
 
 class Resources:
@@ -135,7 +163,8 @@ class Resources:
         code: tuple[str, str],
         value: dict[str, Any],
         components: list[dict[str, Any]] | None = None,
-        note: str = "",
+        note: str | list[str] = "",
+        interpretation: list[dict[str, Any]] | None = None,
     ) -> dict[str, str]:
         """Add one Observation: AI-labelled, made by the Device, about the specimen."""
         resource: dict[str, Any] = {
@@ -153,30 +182,72 @@ class Resources:
             resource["subject"] = self.patient
         if self.specimen is not None:
             resource["specimen"] = self.specimen
+        if interpretation:
+            resource["interpretation"] = interpretation
         if components:
             resource["component"] = components
-        if note:
-            resource["note"] = [{"text": note}]
+        texts = [note] if isinstance(note, str) else note
+        if any(texts):
+            resource["note"] = [{"text": note_text(text)} for text in texts if text]
         return self.add(resource, role)
 
-    def cell(self, cell: ClassifyResult, role: str, image_id: str = "") -> dict[str, str]:
-        """The predicted class as a CodeableConcept, the confidence and every class's probability as parts."""
-        report = self.report
-        system = class_system(report.model)
-        value = {
-            "valueCodeableConcept": {
-                "coding": [
-                    {"system": system, "code": code_token(cell.label), "display": report.display(cell.label)}
-                ],
-                "text": report.display(cell.label),
-            }
+    def _class(self, label: str) -> dict[str, Any]:
+        """A class of the model as a CodeableConcept."""
+        display = self.report.display(label)
+        system = class_system(self.report.model)
+        return {
+            "coding": [{"system": system, "code": code_token(label), "display": display}],
+            "text": display,
         }
+
+    def _gate(self, cell: ClassifyResult) -> list[dict[str, Any]]:
+        """The components of the domain check (coded, score against threshold) and of the prediction set."""
+        parts: list[dict[str, Any]] = [
+            {"code": concept(CODE_DOMAIN), "valueCodeableConcept": concept(domain_code(cell))}
+        ]
+        if cell.domain_score is not None:
+            score: dict[str, Any] = {
+                "code": concept(CODE_DOMAIN_SCORE),
+                "valueQuantity": {"value": round(cell.domain_score, 6)},
+            }
+            if cell.domain_threshold is not None:
+                high = {"value": round(cell.domain_threshold, 6)}
+                score["referenceRange"] = [{"high": high, "text": "calibrated domain threshold"}]
+            if cell.out_of_domain:
+                score["interpretation"] = [out_of_domain_interpretation()]
+            parts.append(score)
+        parts += [
+            {"code": concept(CODE_SET), "valueCodeableConcept": self._class(label)}
+            for label in cell.prediction_set
+        ]
+        if cell.coverage is not None:
+            parts.append({"code": concept(CODE_COVERAGE), "valueQuantity": fraction(cell.coverage)})
+        return parts
+
+    def cell(
+        self, cell: ClassifyResult, role: str, image_id: str = "", *, full: bool = True
+    ) -> dict[str, str]:
+        """The predicted class as a CodeableConcept; the confidence, every class's probability, the domain
+        check and the prediction set as parts; the interpretation EX outside the training domain.
+
+        ``full`` (a single image) notes the domain check and the set in words; a specimen's cell has a note
+        only when outside the domain or ambiguous (the specimen's Observations say the rest).
+        """
+        report = self.report
+        cell = finite_gate(cell)
+        value = {"valueCodeableConcept": self._class(cell.label)}
         components = [{"code": concept(CODE_CONFIDENCE), "valueQuantity": fraction(cell.confidence)}]
         components += [
             {"code": concept(score_code(name, report.display(name))), "valueQuantity": fraction(score)}
             for name, score in cell.scores.items()
         ]
-        reference = self.observation(role, CODE_CLASS, value, components)
+        components += self._gate(cell)
+        if full:
+            notes = [domain_note(cell), set_note(cell, report.display)]
+        else:
+            notes = [cell_flags(cell, report.display)]
+        interpretation = [out_of_domain_interpretation()] if cell.out_of_domain else None
+        reference = self.observation(role, CODE_CLASS, value, components, notes, interpretation)
         if image_id:
             self.entries[-1]["resource"]["identifier"] = [{"system": "urn:allxai:image", "value": image_id}]
         return reference

@@ -1,24 +1,62 @@
-"""The OBX segments of an ORU^R01 (see ``allxai.lis.hl7``): classification, overlay, specimen summary."""
+"""The OBX segments of an ORU^R01 (see ``allxai.lis.hl7``): classification, overlay, specimen summary.
+
+How far the model is entitled to judge an image travels with its classification: OBX-8 "A" (abnormal,
+table 0078) on the class of an image outside the training domain and an NTE that says so in words, a coded
+domain check (IN, OUT, or NONE when the model has no check, which is never flagged), its score and
+threshold, and the conformal prediction set (one CWE repetition per class) with its coverage.
+"""
 
 from __future__ import annotations
 
 import base64
 from typing import Any
 
+from hl7apy.core import Field  # type: ignore[import-untyped]
+
 from allxai.client import ClassifyResult
-from allxai.lis._hl7strict import MAX_ED_DATA_CHARS, coded, ed_field, escape, hl7_time, number
+from allxai.lis._hl7strict import (
+    MAX_ED_DATA_CHARS,
+    STRICT,
+    VERSION,
+    coded,
+    ed_field,
+    escape,
+    hl7_time,
+    number,
+)
 from allxai.lis._report import (
+    CODE_AMBIGUOUS,
     CODE_BLAST,
     CODE_CLASS,
     CODE_CONFIDENCE,
+    CODE_COUNTED,
+    CODE_COVERAGE,
+    CODE_DOMAIN,
+    CODE_DOMAIN_SCORE,
+    CODE_DOMAIN_THRESHOLD,
+    CODE_OUT_OF_DOMAIN,
     CODE_OVERLAY,
+    CODE_REVIEW,
+    CODE_SET,
     CODE_TOTAL,
     HL7_LOCAL_SYSTEM,
+    HL7_OUT_OF_DOMAIN_FLAG,
     LabReport,
+    cell_flags,
     code_token,
     count_code,
+    domain_code,
+    domain_note,
+    finite_gate,
+    note_text,
     score_code,
+    set_note,
+    specimen_notes,
 )
+
+#: HL7 table 0136 (yes/no), for the specimen's needs-review answer.
+_YES = ("Y", "Yes")
+_NO = ("N", "No")
 
 
 class Builder:
@@ -42,6 +80,7 @@ class Builder:
         units: str = "",
         probability: float | None = None,
         method: str = "",
+        flag: str = "",
     ) -> Any:
         """Add one OBX; ``value`` is ER7 text (already escaped), or None when the caller sets OBX-5."""
         self.set_id += 1
@@ -55,6 +94,8 @@ class Builder:
             obx.obx_5 = value
         if units:
             obx.obx_6 = units
+        if flag:
+            obx.obx_8 = flag
         if probability is not None:
             obx.obx_9 = number(probability)
         obx.obx_11 = self.result_status
@@ -67,14 +108,42 @@ class Builder:
         return obx
 
 
+def notes(obx: Any, texts: list[str]) -> None:
+    """NTE segments after ``obx`` (in its observation group), one per text, numbered from 1."""
+    for index, text in enumerate((t for t in texts if t), start=1):
+        note = obx.parent.add_segment("NTE")
+        note.nte_1 = str(index)
+        note.nte_3 = escape(note_text(text))
+
+
+def _class_value(report: LabReport, label: str) -> str:
+    return f"{escape(code_token(label))}^{escape(report.display(label))}^{HL7_LOCAL_SYSTEM}"
+
+
 def classification(b: Builder, cell: ClassifyResult, *, sub_id: str = "", scores: bool = True) -> None:
+    """The predicted class, flagged "A" outside the training domain; with ``scores`` (a single image) also
+    the confidence, every class's probability, the domain check and the prediction set, each in full.
+
+    A specimen's cells (``scores=False``) carry the flag and a short note when outside the domain or
+    ambiguous; the specimen's own OBX segments count them.
+    """
     report = b.report
-    label = cell.label
+    cell = finite_gate(cell)
     method = f"CNN^Convolutional neural network image classification^{HL7_LOCAL_SYSTEM}"
-    value = f"{escape(code_token(label))}^{escape(report.display(label))}^{HL7_LOCAL_SYSTEM}"
-    b.obx("CWE", CODE_CLASS, value, sub_id=sub_id, probability=cell.confidence, method=method)
+    flag = HL7_OUT_OF_DOMAIN_FLAG if cell.out_of_domain else ""
+    obx = b.obx(
+        "CWE",
+        CODE_CLASS,
+        _class_value(report, cell.label),
+        sub_id=sub_id,
+        probability=cell.confidence,
+        method=method,
+        flag=flag,
+    )
     if not scores:
+        notes(obx, [cell_flags(cell, report.display)])
         return
+    notes(obx, [domain_note(cell), set_note(cell, report.display)])
     b.obx(
         "NM",
         CODE_CONFIDENCE,
@@ -86,6 +155,32 @@ def classification(b: Builder, cell: ClassifyResult, *, sub_id: str = "", scores
     for name, score in cell.scores.items():
         code = score_code(name, report.display(name))
         b.obx("NM", code, number(score), sub_id=sub_id, units="1^unity^UCUM", probability=score)
+    _domain(b, cell)
+    _prediction_set(b, cell)
+
+
+def _domain(b: Builder, cell: ClassifyResult) -> None:
+    """The domain check, coded (IN, OUT, NONE), and its score ("H" above the threshold) and threshold."""
+    flag = HL7_OUT_OF_DOMAIN_FLAG if cell.out_of_domain else ""
+    b.obx("CWE", CODE_DOMAIN, coded(domain_code(cell)), flag=flag)
+    if cell.domain_score is not None:
+        above = cell.domain_threshold is not None and cell.domain_score > cell.domain_threshold
+        b.obx("NM", CODE_DOMAIN_SCORE, number(cell.domain_score), flag="H" if above else "")
+    if cell.domain_threshold is not None:
+        b.obx("NM", CODE_DOMAIN_THRESHOLD, number(cell.domain_threshold))
+
+
+def _prediction_set(b: Builder, cell: ClassifyResult) -> None:
+    """The set's classes as repetitions of one CWE, most probable first, and the level it covers."""
+    if cell.coverage is None:
+        return  # no calibration: the NTE of the class says so
+    if cell.prediction_set:
+        obx = b.obx("CWE", CODE_SET, _class_value(b.report, cell.prediction_set[0]))
+        for label in cell.prediction_set[1:]:
+            repetition = Field("OBX_5", version=VERSION, validation_level=STRICT)
+            repetition.value = _class_value(b.report, label)
+            obx.add(repetition)
+    b.obx("NM", CODE_COVERAGE, number(cell.coverage), units="1^unity^UCUM")
 
 
 def overlay(b: Builder) -> None:
@@ -105,13 +200,12 @@ def overlay(b: Builder) -> None:
         obx = b.obx("ST", CODE_OVERLAY, "overlay too large to embed", method=method)
     explanation = report.explanation
     if explanation is not None:
-        note = obx.parent.add_segment("NTE")
-        note.nte_1 = "1"
-        note.nte_3 = escape(
+        summary = (
             f"LIME explanation of {report.display(explanation.label)}: {explanation.num_samples} samples, "
             f"seed {explanation.seed}, surrogate R2 {explanation.score:.3f}, "
             f"top superpixels {', '.join(str(s) for s in explanation.top_segments)}"
         )
+        notes(obx, [summary, *(f"Warning: {w}" for w in explanation.warnings)])
 
 
 def specimen(b: Builder) -> None:
@@ -121,7 +215,16 @@ def specimen(b: Builder) -> None:
     for label, count in specimen.counts.items():
         code = count_code(label, report.display(label))
         b.obx("NM", code, str(count), units="{cells}^cells^UCUM")
-    b.obx("NM", CODE_TOTAL, str(len(specimen.cells)), units="{cells}^cells^UCUM")
-    b.obx("NM", CODE_BLAST, number(100.0 * specimen.blast_fraction), units="%^percent^UCUM")
+    cells = "{cells}^cells^UCUM"
+    b.obx("NM", CODE_TOTAL, str(len(specimen.cells)), units=cells)
+    b.obx("NM", CODE_COUNTED, str(specimen.counted_cells), units=cells)
+    b.obx("NM", CODE_OUT_OF_DOMAIN, str(specimen.out_of_domain), units=cells)
+    b.obx("NM", CODE_AMBIGUOUS, str(specimen.ambiguous), units=cells)
+    blast = b.obx("NM", CODE_BLAST, number(100.0 * specimen.blast_fraction), units="%^percent^UCUM")
+    notes(blast, specimen_notes(specimen))
+    review = specimen.needs_review
+    answer = b.obx("CWE", CODE_REVIEW, coded(_YES if review else _NO, "HL70136"), flag="A" if review else "")
+    if review:
+        notes(answer, [f"Needs review: {specimen.review_reason or 'the gateway asks for a review'}"])
     for index, cell in enumerate(specimen.cells, start=1):
         classification(b, cell, sub_id=str(index), scores=False)

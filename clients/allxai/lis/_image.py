@@ -11,7 +11,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from allxai.client import AllxaiClientError, ClassifyResult, ExplainResult, ModelDescription
+from allxai.client import AllxaiClientError, ClassifyResult, ExplainResult, ModelDescription, json_safe
 from allxai.lis import _folder as files
 from allxai.lis._report import LabReport
 from allxai.lis.fhir import to_fhir_json
@@ -33,6 +33,8 @@ class Options:
     explain: bool = False
     num_samples: int = 0
     seed: int | None = None
+    #: The miscoverage level of the prediction sets (None: the gateway's default).
+    alpha: float | None = None
     settle: float = 2.0
     retry_after: float = 30.0
     max_attempts: int = 3
@@ -90,10 +92,12 @@ def render(
             "num_samples": explanation.num_samples,
             "score": explanation.score,
             "quality": explanation.quality,
+            "warnings": list(explanation.warnings),
             "overlay": path.name + files.OVERLAY_SUFFIX if overlay is not None else None,
         }
     outputs += [
-        (files.JSON_SUFFIX, json.dumps(summary, indent=2).encode()),
+        # No NaN in JSON: a number that is not finite is written as null.
+        (files.JSON_SUFFIX, json.dumps(json_safe(summary), indent=2, allow_nan=False).encode()),
         (files.FHIR_SUFFIX, to_fhir_json(report).encode()),
         (files.HL7_SUFFIX, to_oru(report, **_hl7_options(options)).encode()),
     ]

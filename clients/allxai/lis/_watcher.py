@@ -20,8 +20,9 @@ from allxai.lis._report import LabReport
 
 log = logging.getLogger(__name__)
 
-#: Status codes that say "this image": recorded as an error, never retried (a corrupt image stays corrupt).
-PERMANENT_CODES = frozenset({"INVALID_ARGUMENT", "OUT_OF_RANGE"})
+#: Status codes that say "this image": recorded as an error, never retried (a corrupt image stays corrupt;
+#: one the gateway refuses as outside the model's training domain, FAILED_PRECONDITION, stays outside).
+PERMANENT_CODES = frozenset({"INVALID_ARGUMENT", "OUT_OF_RANGE", "FAILED_PRECONDITION"})
 
 #: The code in ``<image>.error.json`` of an image whose result cannot be put into HL7 or FHIR (say, a file
 #: name too long for an HL7 field): that will not change on a retry either.
@@ -111,6 +112,11 @@ class Watcher:
             # Inside the same try: a gateway that goes away between the two calls is retried like the first.
             model = self.model_for(cell_of(result))
         except AllxaiClientError as exc:
+            if exc.code == "INVALID_ARGUMENT" and exc.message.startswith("alpha"):
+                # The watcher's --alpha, not the image: never record it against the image; retried, since
+                # another model version may be calibrated for it.
+                log.error("%s: the gateway refuses --alpha: %s", name, exc.message)
+                return self._retry(name, pending, exc.code)
             if exc.code in PERMANENT_CODES:
                 log.error("%s: rejected by the gateway (%s): %s; error recorded", name, exc.code, exc.message)
                 return self._finish(
@@ -171,8 +177,11 @@ class Watcher:
                 pictures=["overlay"],
                 image_id=image_id,
                 specimen_id=specimen_id,
+                alpha=self.options.alpha,
             )
-        return self.client.classify(data, image_id=image_id, specimen_id=specimen_id)
+        return self.client.classify(
+            data, image_id=image_id, specimen_id=specimen_id, alpha=self.options.alpha
+        )
 
     def model_for(self, cell: ClassifyResult) -> ModelDescription:
         """The served model's description, asked again when a result comes from another version."""
@@ -190,13 +199,18 @@ class Watcher:
         cell = report.cell
         assert cell is not None
         self._mark(path, stat, digest, "ok", [path.name + suffix for suffix, _ in outputs], cell.request_id)
+        if cell.in_domain is None:
+            domain = "; no domain check (the model has none)"
+        else:
+            domain = "" if cell.in_domain else "; OUTSIDE THE TRAINING DOMAIN, not for diagnosis"
         log.info(
-            "%s: %s %.1f%% (model %s v%d)",
+            "%s: %s %.1f%% (model %s v%d)%s",
             path.name,
             cell.label,
             100 * cell.confidence,
             cell.model,
             cell.version,
+            domain,
         )
 
     def _record_error(self, path: Path, stat: files.Stat, digest: str, error: AllxaiClientError) -> None:

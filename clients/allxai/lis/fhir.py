@@ -9,6 +9,12 @@ AI transparency follows HL7's AI Transparency on FHIR IG: every generated resour
 label AIAST ("Artificial Intelligence asserted") in ``meta.security``, every Observation names the model
 as its ``device``, and a Provenance records the Device as the author of the report and its Observations.
 
+Each classification says whether the image lies inside the model's training domain (see
+``allxai.lis._fhir_resources``: an interpretation EX and a note outside it, a note when the model has no
+check) and gives its conformal prediction set. A specimen adds Observations of the cells counted in the blast
+fraction (those inside the domain), the cells outside it, the ambiguous ones, and whether the specimen needs
+review (a boolean, with the reason as a note). The report's ``conclusion`` ends with what must be read first.
+
 The resources themselves are built in ``allxai.lis._fhir_resources``; this module assembles the bundle.
 """
 
@@ -28,8 +34,12 @@ from allxai.lis._fhir_resources import (
     placer_order,
 )
 from allxai.lis._report import (
+    CODE_AMBIGUOUS,
     CODE_BLAST,
+    CODE_COUNTED,
+    CODE_OUT_OF_DOMAIN,
     CODE_OVERLAY,
+    CODE_REVIEW,
     CODE_TOTAL,
     FHIR_LOCAL_SYSTEM,
     SERVICE_CODE,
@@ -37,7 +47,13 @@ from allxai.lis._report import (
     LabReport,
     code_token,
     count_code,
+    specimen_notes,
 )
+
+
+def _cells(count: int) -> dict[str, Any]:
+    return {"valueQuantity": {"value": count, "unit": "cells", "system": UCUM, "code": "{cells}"}}
+
 
 __all__ = ["UCUM", "ai_security_label", "build_bundle", "parse_bundle", "to_fhir_json"]
 
@@ -62,21 +78,31 @@ def build_bundle(report: LabReport) -> Bundle:
             for name, figure in e.quality.items()
         ]
         value = {"valueString": f"superpixels {', '.join(str(s) for s in e.top_segments)}"}
-        results.append(r.observation("explanation", CODE_OVERLAY, value, quality, note))
+        notes = [note, *(f"Warning: {w}" for w in e.warnings)]
+        results.append(r.observation("explanation", CODE_OVERLAY, value, quality, notes))
     if report.specimen is not None:
         s = report.specimen
         for label, count in s.counts.items():
-            quantity = {"value": count, "unit": "cells", "system": UCUM, "code": "{cells}"}
             code = count_code(label, report.display(label))
-            results.append(r.observation(f"count:{label}", code, {"valueQuantity": quantity}))
-        total = {"value": len(s.cells), "unit": "cells", "system": UCUM, "code": "{cells}"}
-        results.append(r.observation("total", CODE_TOTAL, {"valueQuantity": total}))
+            results.append(r.observation(f"count:{label}", code, _cells(count)))
+        results.append(r.observation("total", CODE_TOTAL, _cells(len(s.cells))))
+        results.append(r.observation("counted", CODE_COUNTED, _cells(s.counted_cells)))
+        results.append(r.observation("out-of-domain", CODE_OUT_OF_DOMAIN, _cells(s.out_of_domain)))
+        results.append(r.observation("ambiguous", CODE_AMBIGUOUS, _cells(s.ambiguous)))
         blast = {"value": round(100.0 * s.blast_fraction, 4), "unit": "%", "system": UCUM, "code": "%"}
         review = ", ".join(str(i + 1) for i in s.review_first[:10])
-        note = f"Cells to review first (least confident): {review}" if review else ""
-        results.append(r.observation("blast", CODE_BLAST, {"valueQuantity": blast}, note=note))
+        notes = specimen_notes(s)
+        if review:
+            notes.append(
+                f"Cells to review first (outside the training domain, then least confident): {review}"
+            )
+        results.append(r.observation("blast", CODE_BLAST, {"valueQuantity": blast}, note=notes))
+        why = (
+            [f"Needs review: {s.review_reason or 'the gateway asks for a review'}"] if s.needs_review else []
+        )
+        results.append(r.observation("review", CODE_REVIEW, {"valueBoolean": s.needs_review}, note=why))
         for index, cell in enumerate(s.cells):
-            results.append(r.cell(cell, f"specimen-cell:{index}", cell.image_id))
+            results.append(r.cell(cell, f"specimen-cell:{index}", cell.image_id, full=False))
 
     diagnostic: dict[str, Any] = {
         "resourceType": "DiagnosticReport",
@@ -90,7 +116,7 @@ def build_bundle(report: LabReport) -> Bundle:
         **r.effective,
         "issued": r.issued,
         "result": results,
-        "conclusion": report.ai_note(),
+        "conclusion": " ".join([report.ai_note(), *report.warnings()]),
     }
     if report.request_id:
         # allxai's own id of this result (HL7's filler number); the LIS's ids go in basedOn and Specimen.

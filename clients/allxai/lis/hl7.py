@@ -7,13 +7,25 @@ Layout of the message::
     OBR                        OBR-2 the LIS's order (placer) number when given, OBR-3 allxai's request id
                                (filler number, one per result), OBR-4 the classification, OBR-7 when known
     NTE                        the AI label in words
+    [NTE]                      warnings to read first: outside the training domain, needs review
     OBX CWE  AI label          AIAST (HL7 v3 ObservationValue), the code AI Transparency on FHIR uses
     OBX ST   model             name and version (also OBX-18 of every OBX)
-    OBX CWE  predicted class   OBX-9 the confidence
+    OBX CWE  predicted class   OBX-9 the confidence; OBX-8 "A" when outside the training domain
+    NTE                        the domain check in words ("The image lies outside the model's training
+                               domain ...: not for diagnosis", or that the model has no check)
+    NTE                        the prediction set in words, or that the model has no calibration
     OBX NM   confidence        OBX-9 the confidence
     OBX NM   probability, one per class, OBX-9 the probability
+    OBX CWE  domain check      IN, OUT (OBX-8 "A") or NONE (no check; never flagged), local codes
+    [OBX NM] domain score      OBX-8 "H" above the threshold; and the threshold (both only with a check)
+    [OBX CWE] prediction set   one repetition per class, most probable first (only when calibrated)
+    [OBX NM] coverage          the set's level, 1 - alpha (only when calibrated)
     OBX ED   overlay           ^IM^PNG^Base64^...  (or RP, a pointer, when too large to embed)
-    OBX ...  specimen summary  cells per class, total, blast fraction, one CWE per cell (OBX-4 the cell)
+    NTE                        the explanation in words, then its warnings
+    OBX ...  specimen summary  cells per class, total, counted (inside the domain), outside the domain,
+                               ambiguous, blast fraction (NTE: what it counts), needs review (Y/N, table
+                               0136, OBX-8 "A" and an NTE with the reason when Y), one CWE per cell (OBX-4
+                               the cell; OBX-8 "A" and an NTE when outside the domain, an NTE when ambiguous)
     [SPM]                      only with the LIS's specimen id (SPM-2); SPM-4, required, says the type is
                                not known to allxai
 
@@ -149,9 +161,11 @@ def _order(order: Any, report: LabReport) -> None:
     obr.obr_22 = hl7_time(report.issued_at)
     obr.obr_24 = "HM"
     obr.obr_25 = "F" if report.status == "final" else "P"
-    note = order.add_segment("NTE")
-    note.nte_1 = "1"
-    note.nte_3 = escape(report.ai_note())
+    # The AI label first, then what must be read before the results (outside the domain, needs review).
+    for index, text in enumerate([report.ai_note(), *report.warnings()], start=1):
+        note = order.add_segment("NTE")
+        note.nte_1 = str(index)
+        note.nte_3 = escape(text)
 
 
 def build_oru(

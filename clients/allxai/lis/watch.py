@@ -5,15 +5,18 @@ For ``<image>`` it writes ``<image>.json`` (the result), ``<image>.hl7`` (ORU^R0
 image the gateway rejects (corrupt, unsupported) gets ``<image>.error.json`` and a marker instead.
 
 Durability: every file is written to a temporary name, synced and renamed into place, and the marker is
-written only after all the others; an image without a valid marker is processed (again) on the next poll
-or start, so a watcher killed at any point loses nothing and leaves no half-written output. An image is
-taken only once its size and modification time have stayed unchanged for ``--settle`` seconds, and names
-that writers use while copying (``.tmp``, ``.part``...) and hidden files are ignored. Failed calls that
-may succeed later (gateway down, deadline, overload) are logged and retried after ``--retry-after``
-seconds. A result that cannot be put into HL7 or FHIR (a file name too long for an HL7 field, say) is
-recorded in ``<image>.error.json`` like a rejected image, and the watcher goes on; header options that
-cannot be are refused at start-up. One lock file keeps a second watcher off the same folder. Delete
-``<image>.done`` to redo one.
+written only after all the others; an image without a valid marker is processed (again) on the next poll or
+start, so a watcher killed at any point loses nothing and leaves no half-written output. An image is taken
+only once its size and modification time have stayed unchanged for ``--settle`` seconds, and names that
+writers use while copying (``.tmp``, ``.part``...) and hidden files are ignored. Failed calls that may succeed
+later (gateway down, deadline, overload) are logged and retried after ``--retry-after`` seconds. An image the
+gateway refuses because it lies outside the model's training domain (the gateway's ``refuse`` policy,
+FAILED_PRECONDITION) is recorded like a rejected one; under the ``flag`` policy its reports carry the flag
+(HL7 OBX-8 "A" and a note, FHIR interpretation EX and a note) and say it is not for diagnosis. ``--alpha``
+picks the level of the prediction sets. A result that cannot be put into HL7 or FHIR (a file name too long for
+an HL7 field, say) is recorded in ``<image>.error.json`` like a rejected image, and the watcher goes on;
+header options that cannot be are refused at start-up. One lock file keeps a second watcher off the same
+folder. Delete ``<image>.done`` to redo one.
 
 Results are always preliminary (unreviewed AI output; a person makes them final in the LIS). The reports
 carry allxai's request id as the filler order number (one per result), the image's file name, and the LIS's
@@ -62,6 +65,7 @@ def _parser() -> argparse.ArgumentParser:
         help="also explain each image with LIME and write the overlay",
     )
     opts.add_lime_options(p)
+    opts.add_alpha_option(p)
     p.add_argument("--model", default="", help="model name (default: the server's)")
     p.add_argument("--model-version", type=int, default=None, help="model version (default: the newest)")
     p.add_argument(
@@ -129,6 +133,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         explain=args.explain,
         num_samples=args.samples,
         seed=args.seed,
+        alpha=args.alpha,
         settle=args.settle,
         retry_after=args.retry_after,
         max_attempts=args.max_attempts if args.once else 0,
