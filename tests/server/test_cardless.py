@@ -143,6 +143,14 @@ async def test_a_cardless_model_classifies_and_explains(kind: str, foreign: Path
         scores = [s.score for s in reply.classification.scores]
         np.testing.assert_allclose(scores, expected, atol=1e-5)
         assert reply.classification.label == generic[int(np.argmax(expected))]
+        # Without a gate or a calibration in the card, the answer says no check was made: no flag, no set.
+        for absent in ("in_domain", "domain_score", "domain_threshold", "coverage"):
+            assert not reply.classification.HasField(absent), absent
+        assert list(reply.classification.prediction_set) == []
+        with pytest.raises(grpc.aio.AioRpcError) as no_sets:
+            await stub.Classify(pb.ClassifyRequest(image=pb.Image(data=png), alpha=0.1), timeout=10)
+        assert no_sets.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "carries no conformal calibration" in (no_sets.value.details() or "")
 
         # No class is known to be normal, so a blast fraction would count every cell: refused.
         images = [pb.Image(data=png, image_id=str(i)) for i in range(3)]

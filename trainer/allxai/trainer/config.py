@@ -76,6 +76,20 @@ class TrainConfig(BaseModel):
     test_fraction: float = Field(0.2, gt=0, lt=1)
     val_fraction: float = Field(0.1, gt=0, lt=1)
     seed: int = 42
+    # Calibration at export (the domain gate and the conformal prediction sets)
+    calibrate: bool = Field(
+        True,
+        description="fit the input-domain gate and the conformal levels on the best fold's validation "
+        "split (held out by group) and build them into the export",
+    )
+    domain_acceptance: float = Field(
+        0.975,
+        gt=0.5,
+        le=1,
+        description="share of held-out in-domain images the domain gate accepts (its threshold is their "
+        "quantile; 0.975 rather than 0.95, since a validation split of a few smear blocks makes a lower "
+        "quantile shaky)",
+    )
     # Output
     out: Path = Path("models")
     name: str = Field(

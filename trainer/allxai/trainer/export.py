@@ -15,6 +15,8 @@ import tensorflow as tf
 
 from allxai.contract import names as contract
 from allxai.contract.card import CardError, ModelCard, dump_card, parse_card
+from allxai.trainer.calibrate import Calibration
+from allxai.trainer.domain import DomainDetector, feature_taps
 
 #: Perturbed images the compose signature builds and predicts at a time.
 COMPOSE_CHUNK = 64
@@ -25,17 +27,29 @@ class ExportError(RuntimeError):
 
 
 class ServingModule(tf.Module):  # type: ignore[misc]
-    """Wraps a Keras model with the contract's three signatures; pixels go in as uint8."""
+    """Wraps a Keras model with the contract's three signatures; pixels go in as uint8.
 
-    def __init__(self, model: Any, input_size: tuple[int, int], card_json: str) -> None:
+    With a domain ``detector``, ``serving_default`` also returns each image's out-of-domain score, from the
+    same forward pass (the model's feature taps) and the pixels."""
+
+    def __init__(
+        self, model: Any, input_size: tuple[int, int], card_json: str, detector: DomainDetector | None = None
+    ) -> None:
         super().__init__(name="allxai_serving")
         self.model = model
+        # The model and, with a detector, the same layers giving their feature taps too (tracked, so the
+        # SavedModel holds the weights once).
+        self.joint = feature_taps(model)[0] if detector is not None else model
         height, width = input_size
         num_classes = int(model.output_shape[-1])
 
         @tf.function(input_signature=[tf.TensorSpec([None, height, width, 3], tf.uint8, name="images")])
         def serve(images: tf.Tensor) -> dict[str, tf.Tensor]:
-            return {contract.OUTPUT: self.model(tf.cast(images, tf.float32), training=False)}
+            pixels = tf.cast(images, tf.float32)
+            if detector is None:
+                return {contract.OUTPUT: self.model(pixels, training=False)}
+            probabilities, *taps = self.joint(pixels, training=False)
+            return {contract.OUTPUT: probabilities, contract.DOMAIN_OUTPUT: detector.score(images, taps)}
 
         @tf.function(
             input_signature=[
@@ -110,6 +124,7 @@ def export_model(
     card: ModelCard | Mapping[str, Any],
     check_images: npt.NDArray[np.uint8],
     atol: float = 1e-4,
+    calibration: Calibration | None = None,
 ) -> Path:
     """Write ``base/name/version`` atomically and check that it predicts as ``model`` does.
 
@@ -117,10 +132,15 @@ def export_model(
     folders whose names are not numbers) and renamed into place only after the check passes,
     so a model server never sees a half-written version. The card is checked and written
     under the contract's schema (:mod:`allxai.contract.card`), as the gateway will read it.
+    With a ``calibration``, the export carries its domain gate and conformal levels (graph and card).
     """
     target = export_target(base, name, version)
     card, input_size = _checked_card(card, int(model.output_shape[-1]))
-    module = ServingModule(model, input_size, dump_card(card))
+    detector = None
+    if calibration is not None:
+        card = replace(card, domain=calibration.gate, conformal=calibration.sets)
+        detector = calibration.detector
+    module = ServingModule(model, input_size, dump_card(card), detector)
     tmp = base / name / f".tmp-{version}-{uuid.uuid4().hex[:8]}"
     tmp.parent.mkdir(parents=True, exist_ok=True)
     try:
@@ -136,7 +156,7 @@ def export_model(
         (tmp / contract.CARD_FILE).parent.mkdir(parents=True, exist_ok=True)
         (tmp / contract.CARD_FILE).write_text(dump_card(card, indent=2))
         write_warmup_requests(tmp / contract.WARMUP_FILE, name, input_size)
-        _check_export(model, tmp, check_images, atol)
+        _check_export(model, tmp, check_images, atol, detector)
         try:  # last, before the version appears: the gateway refuses a card without class names
             card.classes_and_size()
         except CardError as exc:
@@ -221,12 +241,20 @@ def _checked_card(card: ModelCard | Mapping[str, Any], classes: int) -> tuple[Mo
     return checked, checked.input_size
 
 
-def _check_export(model: Any, path: Path, images: npt.NDArray[np.uint8], atol: float) -> None:
-    """Reload the export, require finite probabilities, and compare them with the Keras model's."""
+def _check_export(
+    model: Any, path: Path, images: npt.NDArray[np.uint8], atol: float, detector: DomainDetector | None
+) -> None:
+    """Reload the export, require finite probabilities (and domain scores), and compare them with the
+    Keras model's (and the detector's)."""
     loaded = tf.saved_model.load(str(path))
-    served = loaded.signatures[contract.SERVING_SIGNATURE](images=tf.constant(images))[
-        contract.OUTPUT
-    ].numpy()
+    outputs = loaded.signatures[contract.SERVING_SIGNATURE](images=tf.constant(images))
+    served = outputs[contract.OUTPUT].numpy()
+    if detector is not None and len(images):
+        scores = outputs[contract.DOMAIN_OUTPUT].numpy()
+        joint = feature_taps(model)[0]
+        expected_scores = np.asarray(detector.score(images, list(joint(images.astype(np.float32))[1:])))
+        if not np.all(np.isfinite(scores)) or not np.allclose(scores, expected_scores, rtol=1e-3, atol=1e-3):
+            raise ExportError("the export's domain scores differ from the detector's on the check images")
     expected = np.asarray(model(images.astype(np.float32), training=False))
     # NaN compares False with everything, so a diverged model would pass the tolerance test.
     if not np.all(np.isfinite(served)):

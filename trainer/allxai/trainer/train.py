@@ -8,7 +8,7 @@ import platform
 import random
 import subprocess
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -137,6 +137,7 @@ def run(config: TrainConfig) -> RunResult:
     fold_rows: list[dict[str, Any]] = []
     histories: list[dict[str, list[float]]] = []
     best_model: Any = None
+    best_split: tuple[Any, Any] = (rest, rest)
     best_test: dict[str, Any] | None = None
     best_score = -1.0
     params = 0
@@ -176,6 +177,7 @@ def run(config: TrainConfig) -> RunResult:
         params = int(result.model.count_params())
         if val_metrics["macro_f1"] > best_score:
             best_score, best_model, best_test = val_metrics["macro_f1"], result.model, test_metrics
+            best_split = (tr_idx, va_idx)
 
     keys = ("accuracy", "macro_precision", "macro_recall", "macro_f1", "weighted_f1", "roc_auc", "ece")
     fold_summary: dict[str, Any] = summarize_folds([r["val"] for r in fold_rows], keys)
@@ -195,13 +197,30 @@ def run(config: TrainConfig) -> RunResult:
         extra={"params": params, "seconds": time.monotonic() - started},
     )
     card = _card(config, names, dataset, fold_summary, best_test)
+    calibration = None
+    if config.calibrate:
+        from allxai.trainer.calibrate import Split, calibrate  # noqa: PLC0415
+
+        def split(index: Any) -> Split:
+            return Split(loaded.images[index], loaded.labels[index], tuple(loaded.paths[i] for i in index))
+
+        if test_loaded is not None:
+            test_split = Split(test_loaded.images, test_loaded.labels, tuple(test_loaded.paths))
+        else:
+            test_split = split(test_idx)
+        calibration = calibrate(
+            best_model, split(best_split[0]), split(best_split[1]), test_split, config.domain_acceptance
+        )
+        card = replace(card, domain=calibration.gate, conformal=calibration.sets)
     (config.reports / "model_card.json").write_text(dump_card(card, indent=2))
     export_path = None
     if config.export:
         from allxai.trainer.export import export_model  # noqa: PLC0415
 
         check = x_test[:8] if len(x_test) else loaded.images[:8]
-        export_path = export_model(best_model, config.out, config.name, config.version, card, check)
+        export_path = export_model(
+            best_model, config.out, config.name, config.version, card, check, calibration=calibration
+        )
     return RunResult(export_path, reports, fold_summary, best_test, names, time.monotonic() - started, params)
 
 
