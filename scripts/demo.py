@@ -24,6 +24,30 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 ROOT = Path(__file__).resolve().parent.parent
 ARIA = ROOT.parent / "shared" / "data" / "aria-all" / "Original"
+#: Normal white cells from another laboratory (another microscope, magnification and stain).
+FOREIGN = ROOT.parent / "shared" / "data" / "wbc-seg" / "dataset2" / "001.bmp"
+
+
+def unlike_training(folder: Path) -> list[Path]:
+    """Two images the model was not trained for: a photograph of a cat (scikit-image's), and a white cell
+    from another laboratory (wbc-seg, where ../shared/data has it; else a cell drawn at another scale and
+    stain). The domain gate should flag both."""
+    import numpy as np  # noqa: PLC0415
+    from PIL import Image  # noqa: PLC0415
+    from skimage import data  # noqa: PLC0415
+
+    folder.mkdir(parents=True, exist_ok=True)
+    cat = folder / "cat-photograph.png"
+    Image.fromarray(data.chelsea()).save(cat)
+    if FOREIGN.is_file():
+        return [cat, FOREIGN]
+    from allxai.trainer.synthetic import make_cell_image  # noqa: PLC0415
+
+    cell = make_cell_image(0, 64, np.random.default_rng(3))
+    foreign = np.asarray(Image.fromarray(cell[..., ::-1]).resize((256, 256)))  # other stain, 4x magnified
+    path = folder / "foreign-cell.png"
+    Image.fromarray(foreign).save(path)
+    return [cat, path]
 
 
 def free_port() -> int:
@@ -66,7 +90,7 @@ def main() -> int:
     args = parser.parse_args()
     out: Path = args.out.resolve()
     models = out / "models"
-    for owned in (models, out / "training", out / "explanations"):  # the demo's own: fresh each run
+    for owned in (models, out / "training", out / "explanations", out / "unlike"):  # fresh each run
         shutil.rmtree(owned, ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
     bin_dir = Path(sys.executable).parent
@@ -122,6 +146,8 @@ def main() -> int:
         try:
             wait_serving(target, gateway, seconds=120)
             run([allxai, "classify", "--target", target, *map(str, images)])
+            print("== two images unlike the training data: both should say OUTSIDE THE TRAINING DOMAIN")
+            run([allxai, "classify", "--target", target, *map(str, unlike_training(out / "unlike"))])
             run(
                 [
                     allxai,
