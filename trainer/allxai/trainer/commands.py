@@ -92,25 +92,58 @@ def train_main(argv: Sequence[str]) -> int:
 
 
 def evaluate_main(argv: Sequence[str]) -> int:
-    """Evaluate an exported model (through its serving signature) on a dataset; write a report."""
+    """Evaluate an exported model (through its serving signature) on a dataset; write a report. With
+    --ood, also measure its domain gate and its calls on folders of images from elsewhere."""
     parser = argparse.ArgumentParser(prog="allxai evaluate", description=evaluate_main.__doc__)
     parser.add_argument("--model", type=Path, required=True, help="an export: <base>/<name>/<version>")
-    parser.add_argument("--data", type=Path, required=True)
+    parser.add_argument("--data", type=Path, required=True, help="labelled in-domain images (the test set)")
     parser.add_argument("--layout", default="auto", choices=["auto", "cnmc", "aria", "folder"])
     parser.add_argument("--reports", type=Path, default=Path("reports/evaluate"))
     parser.add_argument(
         "--card", type=Path, help="model card JSON, for a SavedModel that carries none of its own"
+    )
+    parser.add_argument(
+        "--ood",
+        type=Path,
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="DIR",
+        help="development sets from outside the training domain: folders of images (any layout, read "
+        "recursively, unlabelled); needs a model with a domain gate (e.g. the folders of "
+        "scripts/domain_suite.py)",
+    )
+    parser.add_argument(
+        "--card-out",
+        type=Path,
+        metavar="FILE",
+        help="write a copy of the model card with the --ood figures under domain.figures.development_sets "
+        "(the export is left as it is)",
     )
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s %(message)s")
 
     from allxai.trainer.datasets import DatasetError  # noqa: PLC0415
     from allxai.trainer.evaluate import evaluate_export  # noqa: PLC0415
+    from allxai.trainer.ood_eval import table  # noqa: PLC0415
 
     try:
-        metrics = evaluate_export(args.model, args.data, args.layout, args.reports, args.card)
+        report = evaluate_export(
+            args.model, args.data, args.layout, args.reports, args.card, args.ood, args.card_out
+        )
     except (DatasetError, OSError, ValueError) as exc:
         parser.exit(2, f"allxai evaluate: {exc}\n")
+    metrics = report["metrics"]
+    domain = report.get("domain")
+    if domain is not None:
+        print(
+            f"domain gate: {domain['in_domain']['flagged']:.1%} of the labelled images out of domain "
+            f"(score > {domain['threshold']:.3f})"
+        )
+    if domain is not None and report.get("ood"):
+        print(table(domain["in_domain"], report["ood"], report["class_names"]))
+    if args.card_out is not None:
+        print(f"model card with the development figures: {args.card_out}")
     print(
         f"accuracy {metrics['accuracy']:.1%}, macro F1 {metrics['macro_f1']:.3f} on {metrics['n']} images; "
         f"report in {args.reports}"

@@ -9,19 +9,24 @@ names from the data's class folders, in order; the report says which.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import tensorflow as tf
 
 from allxai.contract import names as contract
-from allxai.contract.card import ModelCard, parse_card
+from allxai.contract.card import ModelCard, dump_card, normal_classes, parse_card
+from allxai.trainer import ood_eval
 from allxai.trainer.datasets import index_dataset
 from allxai.trainer.loading import load_samples, summary
 
 #: Images per call of the serving signature.
 BATCH = 64
+
+Floats = npt.NDArray[np.float64]
 
 
 def _read_card(loaded: Any, model_path: Path, card_path: Path | None) -> tuple[ModelCard, str]:
@@ -64,20 +69,75 @@ def _serving(loaded: Any) -> tuple[Any, str, tf.TensorSpec, str]:
     return serve, name, spec, output
 
 
+def _predict(
+    serve: Any, input_name: str, images: npt.NDArray[np.uint8], output: str, domain_output: str | None
+) -> tuple[Floats, Floats | None]:
+    """The probabilities ``[N, C]`` and, where the export has a gate, the domain scores ``[N]``."""
+    probs: list[Floats] = []
+    scores: list[Floats] = []
+    for i in range(0, len(images), BATCH):
+        out = serve(**{input_name: tf.constant(images[i : i + BATCH])})
+        probs.append(np.asarray(out[output].numpy(), np.float64))
+        if domain_output is not None:
+            scores.append(np.asarray(out[domain_output].numpy(), np.float64).reshape(-1))
+    return np.concatenate(probs), (np.concatenate(scores) if domain_output is not None else None)
+
+
+def _check_request(
+    model_path: Path, ood: Sequence[Path], card_out: Path | None
+) -> dict[str, tuple[Path, list[Path]]]:
+    """The development sets' images by name; a ValueError for what cannot be done, before any work."""
+    if not (model_path / "saved_model.pb").is_file():
+        raise ValueError(f"{model_path} is not a SavedModel folder (<base>/<name>/<version>)")
+    if card_out is not None:
+        if not ood:
+            raise ValueError("--card-out writes the figures of --ood folders; give at least one")
+        if card_out.resolve().is_relative_to(model_path.resolve()):
+            raise ValueError(f"--card-out {card_out} is inside the export; write the copy elsewhere")
+    return ood_eval.name_sets(ood)
+
+
+def _domain_output(card: ModelCard, outputs: Sequence[str], ood: bool) -> tuple[str | None, str]:
+    """The gate's output in the serving signature, or None and why (refused with --ood)."""
+    if card.domain is None:
+        if ood:
+            raise ValueError(
+                "the model has no domain gate (its model card gives no 'domain'), so --ood has nothing to "
+                "measure; evaluate an export of `allxai train` with calibration on"
+            )
+        return None, "no domain gate: the model card gives no 'domain'"
+    if card.domain.output not in outputs:
+        why = (
+            f"the model card's domain score {card.domain.output!r} is not among "
+            f"{contract.SERVING_SIGNATURE!r}'s outputs ({', '.join(sorted(outputs))})"
+        )
+        if ood:
+            raise ValueError(f"{why}; --ood cannot measure the gate")
+        return None, f"{why}: no domain figures"
+    return card.domain.output, ""
+
+
 def evaluate_export(
-    model_path: Path, data: Path, layout: str, reports: Path, card_path: Path | None = None
+    model_path: Path,
+    data: Path,
+    layout: str,
+    reports: Path,
+    card_path: Path | None = None,
+    ood: Sequence[Path] = (),
+    card_out: Path | None = None,
 ) -> dict[str, Any]:
-    """Run every image of ``data`` through the export at ``model_path``; write a report; return metrics."""
+    """Run every image of ``data`` (and of each ``ood`` folder) through the export at ``model_path``;
+    write ``evaluation.json``, ``evaluation.md`` and the confusion matrix; return the report."""
     from allxai.trainer.plots import plot_confusion  # noqa: PLC0415
     from allxai.trainer.scores import evaluate  # noqa: PLC0415
 
-    if not (model_path / "saved_model.pb").is_file():
-        raise ValueError(f"{model_path} is not a SavedModel folder (<base>/<name>/<version>)")
+    sets = _check_request(model_path, ood, card_out)
     loaded = tf.saved_model.load(str(model_path))
     card, source = _read_card(loaded, model_path, card_path)
     serve, input_name, spec, output = _serving(loaded)
-    index = index_dataset(data, layout)  # type: ignore[arg-type]
     notes = [source]
+    domain_output, no_gate = _domain_output(card, list(serve.structured_outputs), bool(sets))
+    index = index_dataset(data, layout)  # type: ignore[arg-type]
     if card.class_names is not None:
         names = list(card.class_names)
         if index.class_names != names:
@@ -96,17 +156,82 @@ def evaluate_export(
     if len(images.labels) == 0:
         reasons = "; ".join(f"{Path(p).name}: {why}" for p, why in images.skipped[:3])
         raise ValueError(f"no usable images in {data}: all {len(images.skipped)} were skipped ({reasons})")
-    probs = np.concatenate(
-        [
-            serve(**{input_name: tf.constant(images.images[i : i + BATCH])})[output].numpy()
-            for i in range(0, len(images.labels), BATCH)
-        ]
-    )
+    probs, scores = _predict(serve, input_name, images.images, output, domain_output)
     if probs.ndim != 2 or probs.shape[1] != len(names):
         raise ValueError(f"the model gives scores of shape {list(probs.shape[1:])} for {len(names)} classes")
     metrics = evaluate(images.labels, probs, names)
+    report: dict[str, Any] = {
+        "model": str(model_path),
+        "notes": notes,
+        "data": summary(index, images),
+        "class_names": names,
+        "metrics": metrics,
+    }
+    if no_gate:
+        report["domain_note"] = no_gate
+    if card.domain is not None and scores is not None:
+        normal = normal_classes(names, card.normal_class_names)
+        accepted = scores <= card.domain.threshold
+        correct = probs.argmax(axis=1) == images.labels
+        report["domain"] = {
+            "output": card.domain.output,
+            "threshold": card.domain.threshold,
+            "normal_class_names": list(normal),
+            "in_domain": ood_eval.calls(probs, scores, card.domain.threshold, names, normal),
+            "accuracy_accepted": float(correct[accepted].mean()) if accepted.any() else None,
+        }
+        report["ood"] = {}
+        for name, (where, files) in sets.items():
+            folder = ood_eval.load_folder(name, files, size)
+            set_probs, set_scores = _predict(serve, input_name, folder.images, output, domain_output)
+            assert set_scores is not None  # a gate is there: _domain_output found its output
+            figures = ood_eval.set_figures(
+                set_probs, set_scores, scores, card.domain.threshold, names, normal
+            )
+            figures["folder"] = str(where)
+            figures["skipped"] = [list(s) for s in folder.skipped]
+            figures["in_domain"] = {"data": str(data), "images": len(scores)}
+            report["ood"][name] = figures
     reports.mkdir(parents=True, exist_ok=True)
-    report = {"model": str(model_path), "notes": notes, "data": summary(index, images), "metrics": metrics}
     (reports / "evaluation.json").write_text(json.dumps(report, indent=2, default=str))
+    (reports / "evaluation.md").write_text(_markdown(report))
     plot_confusion(metrics["confusion_matrix"], names, reports / "confusion_matrix.png")
-    return metrics
+    if card_out is not None:
+        copy = ood_eval.card_with_sets(card, report["ood"])
+        card_out.parent.mkdir(parents=True, exist_ok=True)
+        card_out.write_text(dump_card(copy, indent=2) + "\n")
+    return report
+
+
+def _markdown(report: dict[str, Any]) -> str:
+    """The report in words: the metrics, the gate on the labelled images, the development sets."""
+    m = report["metrics"]
+    lines = [
+        f"# Evaluation of {report['model']}",
+        "",
+        *(f"- {note}" for note in report["notes"]),
+        f"- {m['n']} labelled images: accuracy {m['accuracy']:.1%}, macro F1 {m['macro_f1']:.3f}",
+    ]
+    if "domain_note" in report:
+        lines.append(f"- {report['domain_note']}")
+    domain = report.get("domain")
+    if domain is not None:
+        accepted = domain["accuracy_accepted"]
+        lines.append(
+            f"- domain gate ({domain['output']} > {domain['threshold']:.3f} is out of domain): "
+            f"{domain['in_domain']['flagged']:.1%} of the labelled images flagged; accuracy on the rest "
+            + ("-" if accepted is None else f"{accepted:.1%}")
+        )
+        if report.get("ood"):
+            lines += [
+                "",
+                "## Development sets (--ood)",
+                "",
+                "Flagged: out of domain. AUROC: the domain score, labelled images against the set. "
+                "FPR@95TPR: the set's share at or below the score that accepts 95% of the labelled images. "
+                f"Blast >=0.9 unflagged: called a class other than {', '.join(domain['normal_class_names'])} "
+                f"with a probability of at least {ood_eval.CONFIDENT} and not flagged.",
+                "",
+                ood_eval.table(domain["in_domain"], report["ood"], report["class_names"]),
+            ]
+    return "\n".join(lines) + "\n"
