@@ -70,7 +70,7 @@ def test_a_run_without_calibration_exports_no_gate(tmp_path: Path) -> None:
     from allxai.trainer.synthetic import make_dataset
     from allxai.trainer.train import run
 
-    data = make_dataset(tmp_path / "data", per_class=8, size=32, seed=2)
+    data = make_dataset(tmp_path / "data", per_class=16, size=32, seed=2)
     config = load_config(
         None,
         data=data,
