@@ -89,6 +89,7 @@ class DomainDetector:
     threshold: float
     acceptance: float
 
+    @tf.autograph.experimental.do_not_convert  # plain ops: traced as Python inside the serving signature
     def score(self, images: Any, taps: list[Any]) -> Any:
         """The out-of-domain score ``[N]`` float32 of uint8 ``images`` and the model's feature ``taps``."""
         parts = []

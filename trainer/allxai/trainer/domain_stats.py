@@ -86,6 +86,9 @@ def _eroded_shares(mask: Any) -> list[Any]:
 SIZE = 64
 
 
+# Plain TensorFlow ops with no control flow on tensors: traced as Python, not rewritten by autograph (which
+# mangles calls unpacked into a list).
+@tf.autograph.experimental.do_not_convert
 def input_statistics(images: Any) -> Any:
     """``[N, len(NAMES)]`` float32 statistics of uint8 images ``[N, H, W, 3]``."""
     x = tf.image.resize(tf.cast(images, tf.float32) / 255.0, [SIZE, SIZE], method="area")
