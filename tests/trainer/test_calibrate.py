@@ -87,3 +87,7 @@ def test_a_run_without_calibration_exports_no_gate(tmp_path: Path) -> None:
     assert "domain" not in card and "conformal" not in card
     serve = tf.saved_model.load(str(result.export_path)).signatures[contract.SERVING_SIGNATURE]
     assert set(serve.structured_outputs) == {contract.OUTPUT}
+    # The run says which files each split held, so the held-out ones can be evaluated again.
+    split = json.loads(result.reports["split"].read_text())
+    assert all(split[k] for k in ("train", "validation", "test"))
+    assert not set(split["test"]) & (set(split["train"]) | set(split["validation"]))

@@ -3,6 +3,7 @@ on validation and held-out test images, write the reports, and export the best f
 
 from __future__ import annotations
 
+import json
 import logging
 import platform
 import random
@@ -196,6 +197,7 @@ def run(config: TrainConfig) -> RunResult:
         class_names=names,
         extra={"params": params, "seconds": time.monotonic() - started},
     )
+    reports["split"] = _write_split(config.reports, loaded.paths, best_split, test_idx, test_loaded)
     card = _card(config, names, dataset, fold_summary, best_test)
     calibration = None
     if config.calibrate:
@@ -222,6 +224,22 @@ def run(config: TrainConfig) -> RunResult:
             best_model, config.out, config.name, config.version, card, check, calibration=calibration
         )
     return RunResult(export_path, reports, fold_summary, best_test, names, time.monotonic() - started, params)
+
+
+def _write_split(
+    folder: Path, paths: list[Path], best: tuple[Any, Any], test_idx: Any, test_loaded: Any
+) -> Path:
+    """``split.json``: the files of the exported model's training, validation (its calibration) and test
+    splits, so that the held-out images can be evaluated again (``allxai evaluate``) without guessing."""
+    test = test_loaded.paths if test_loaded is not None else [paths[i] for i in test_idx]
+    split = {
+        "train": [str(paths[i]) for i in best[0]],
+        "validation": [str(paths[i]) for i in best[1]],
+        "test": [str(p) for p in test],
+    }
+    path = folder / "split.json"
+    path.write_text(json.dumps(split, indent=1))
+    return path
 
 
 def _card(
