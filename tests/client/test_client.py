@@ -18,7 +18,7 @@ import pytest
 
 from allxai.client import AllxaiClientError, AsyncClient, Client, service_config
 from allxai.client._channel import Security
-from allxai.client._messages import SpecimenBatches
+from allxai.client._specimen import SpecimenBatches
 from allxai.client.cli import main
 from allxai.v1 import diagnosis_pb2 as pb
 from tests.conftest import RunningGateway

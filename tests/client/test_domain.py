@@ -10,7 +10,7 @@ import pytest
 
 from allxai.client import AsyncClient, ClassifyResult, Client, ExplainResult, SpecimenResult
 from allxai.client import _messages as m
-from allxai.client._messages import SpecimenBatches
+from allxai.client._specimen import SpecimenBatches
 from allxai.v1 import diagnosis_pb2 as pb
 from tests.client.fake_gateway import THRESHOLD, FakeServicer, classification, fake_gateway, summary
 

@@ -10,8 +10,9 @@ from typing import Any
 
 import grpc
 
-from allxai.client._messages import SpecimenBatches, model_spec
+from allxai.client._messages import model_spec
 from allxai.client._results import ImageInput
+from allxai.client._specimen import SpecimenBatches
 from allxai.v1 import diagnosis_pb2 as pb
 
 SERVICE = pb.DESCRIPTOR.services_by_name["DiagnosisService"].full_name

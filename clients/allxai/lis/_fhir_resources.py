@@ -12,6 +12,13 @@ from __future__ import annotations
 from typing import Any
 
 from allxai.client import ClassifyResult
+from allxai.lis._gate_notes import (
+    cell_flags,
+    domain_code,
+    domain_note,
+    finite_gate,
+    set_note,
+)
 from allxai.lis._report import (
     AIAST_CODE,
     AIAST_DISPLAY,
@@ -27,15 +34,10 @@ from allxai.lis._report import (
     OUT_OF_DOMAIN_INTERPRETATION,
     SENDING_APPLICATION,
     LabReport,
-    cell_flags,
     class_system,
     code_token,
-    domain_code,
-    domain_note,
-    finite_gate,
     note_text,
     score_code,
-    set_note,
 )
 
 UCUM = "http://unitsofmeasure.org"

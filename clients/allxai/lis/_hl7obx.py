@@ -14,6 +14,14 @@ from typing import Any
 from hl7apy.core import Field  # type: ignore[import-untyped]
 
 from allxai.client import ClassifyResult
+from allxai.lis._gate_notes import (
+    cell_flags,
+    domain_code,
+    domain_note,
+    finite_gate,
+    set_note,
+    specimen_notes,
+)
 from allxai.lis._hl7strict import (
     MAX_ED_DATA_CHARS,
     STRICT,
@@ -42,16 +50,10 @@ from allxai.lis._report import (
     HL7_LOCAL_SYSTEM,
     HL7_OUT_OF_DOMAIN_FLAG,
     LabReport,
-    cell_flags,
     code_token,
     count_code,
-    domain_code,
-    domain_note,
-    finite_gate,
     note_text,
     score_code,
-    set_note,
-    specimen_notes,
 )
 
 #: HL7 table 0136 (yes/no), for the specimen's needs-review answer.

@@ -33,6 +33,9 @@ from allxai.lis._fhir_resources import (
     concept,
     placer_order,
 )
+from allxai.lis._gate_notes import (
+    specimen_notes,
+)
 from allxai.lis._report import (
     CODE_AMBIGUOUS,
     CODE_BLAST,
@@ -47,7 +50,6 @@ from allxai.lis._report import (
     LabReport,
     code_token,
     count_code,
-    specimen_notes,
 )
 
 
