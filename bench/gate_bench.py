@@ -61,11 +61,12 @@ def bench(arch: str, size: int, batch: int, rounds: int, work: Path) -> dict[str
     model = build_model(arch, 4, (size, size), weights=None)
     card = {"class_names": ["Benign", "Early", "Pre", "Pro"], "input_size": [size, size]}
     check = _cells(2, size, 0)
-    train = _split(_cells(64, size, 1), work / f"{arch}-train")
-    held = _split(_cells(32, size, 2), work / f"{arch}-cal")
+    name = f"{arch}-{size}"
+    train = _split(_cells(64, size, 1), work / f"{name}-train")
+    held = _split(_cells(32, size, 2), work / f"{name}-cal")
     calibration = calibrate(model, train, held, None)
-    plain = export_model(model, work / "plain", arch, 1, card, check)
-    gated = export_model(model, work / "gated", arch, 1, card, check, calibration=calibration)
+    plain = export_model(model, work / "plain", name, 1, card, check)
+    gated = export_model(model, work / "gated", name, 1, card, check, calibration=calibration)
     serves = {
         name: tf.saved_model.load(str(path)).signatures["serving_default"]
         for name, path in (("plain", plain), ("gated", gated))
