@@ -31,6 +31,7 @@ from allxai.client._results import (
     json_safe,
 )
 from allxai.client.inputs import InputImage
+from allxai.client.words import percent, score_and_threshold
 
 Record = dict[str, Any]
 
@@ -44,19 +45,6 @@ OUTSIDE = "OUTSIDE THE TRAINING DOMAIN"
 SET_SEPARATOR = "|"
 
 
-def _pair(score: float, threshold: float) -> tuple[str, str]:
-    """Two numbers with one decimal, or as many more (up to six) as it takes to tell them apart."""
-    for decimals in range(1, 7):
-        a, b = f"{score:.{decimals}f}", f"{threshold:.{decimals}f}"
-        if a != b:
-            break
-    return a, b
-
-
-def _percent(share: float) -> str:
-    return f"{round(100 * share, 4):g}%"
-
-
 def domain_words(in_domain: bool | None, domain_score: float | None, domain_threshold: float | None) -> str:
     """What the domain check says, for a person; empty for an image inside the domain."""
     if in_domain is None:
@@ -64,7 +52,7 @@ def domain_words(in_domain: bool | None, domain_score: float | None, domain_thre
     if in_domain:
         return ""
     if domain_score is not None and domain_threshold is not None:
-        score, threshold = _pair(domain_score, domain_threshold)
+        score, threshold = score_and_threshold(domain_score, domain_threshold)
         return f"{OUTSIDE} (score {score} > {threshold}); not for diagnosis"
     return f"{OUTSIDE}; not for diagnosis"
 
@@ -73,7 +61,7 @@ def set_words(prediction_set: Sequence[str], coverage: float | None) -> str:
     """The prediction set, when it holds more than one class: ``set {Pre, Pro} at 95%``; else empty."""
     if len(prediction_set) < 2:
         return ""
-    level = f" at {_percent(coverage)}" if coverage is not None else ""
+    level = f" at {percent(coverage)}" if coverage is not None else ""
     return f"set {{{', '.join(prediction_set)}}}{level}"
 
 

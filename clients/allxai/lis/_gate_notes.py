@@ -8,21 +8,8 @@ from collections.abc import Callable
 from dataclasses import replace
 
 from allxai.client import ClassifyResult, SpecimenResult
+from allxai.client.words import percent, score_and_threshold
 from allxai.lis._report import DOMAIN_IN, DOMAIN_NONE, DOMAIN_OUT
-
-
-def _pair(score: float, threshold: float) -> tuple[str, str]:
-    """Two numbers with one decimal, or as many more (up to six) as it takes to tell them apart."""
-    for decimals in range(1, 7):
-        a, b = f"{score:.{decimals}f}", f"{threshold:.{decimals}f}"
-        if a != b:
-            break
-    return a, b
-
-
-def percent(share: float) -> str:
-    """A coverage as a person writes it: 0.95 is "95%", 0.975 "97.5%"."""
-    return f"{round(100 * share, 4):g}%"
 
 
 def finite_gate(cell: ClassifyResult) -> ClassifyResult:
@@ -57,7 +44,7 @@ def domain_note(cell: ClassifyResult) -> str:
         )
     score = ""
     if cell.domain_score is not None and cell.domain_threshold is not None:
-        shown, threshold = _pair(cell.domain_score, cell.domain_threshold)
+        shown, threshold = score_and_threshold(cell.domain_score, cell.domain_threshold)
         relation = "within" if cell.in_domain else "above"
         score = f" (domain score {shown}, {relation} the calibrated threshold {threshold})"
     if cell.in_domain:
