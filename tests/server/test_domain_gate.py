@@ -96,6 +96,14 @@ def test_the_refuse_policy_answers_an_image_outside_the_domain_with_the_reason(
         with pytest.raises(grpc.RpcError) as info:
             stub.Explain(request, timeout=60)
         assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        # The CLI's streaming call too: no explanation, no progress, the same refusal.
+        with pytest.raises(grpc.RpcError) as info:
+            list(stub.StreamExplain(pb.StreamExplainRequest(request=request), timeout=60))
+        assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        images = [pb.Image(data=png_bytes(NON_CELLS["flat grey"]))]
+        reply = stub.ClassifySpecimen(pb.ClassifySpecimenRequest(images=images), timeout=60)
+        # A specimen is answered, its cells outside the domain left out of the blast fraction.
+        assert reply.summary.counted == 0 and reply.summary.needs_review
 
 
 def test_a_specimen_counts_only_cells_inside_the_domain_and_asks_for_review(

@@ -4,7 +4,8 @@ Plain functions over the model's rows (probabilities, then the domain score wher
 its card's calibration; no gRPC. The policy (``ALLXAI_DOMAIN_POLICY``):
 
 - ``flag`` answers every image and says whether it lies inside the training domain;
-- ``refuse`` answers an out-of-domain image with FAILED_PRECONDITION, saying why, instead of a class.
+- ``refuse`` answers an out-of-domain image with FAILED_PRECONDITION, saying why, instead of a class
+  (Classify and Explain; a specimen is still answered, since its summary already leaves such cells out).
 
 A specimen's blast fraction counts only the cells inside the domain; it needs review when the share of
 cells outside passes ``ALLXAI_SPECIMEN_REVIEW_SHARE``, or when no cell could be judged.

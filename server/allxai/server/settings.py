@@ -44,8 +44,9 @@ class Settings(BaseSettings):
     domain_policy: Literal["flag", "refuse"] = Field(
         "flag",
         description=(
-            "Images outside the model's training domain: flag answers and says so; refuse answers "
-            "FAILED_PRECONDITION with the reason (models without a domain gate are never refused)."
+            "Images outside the model's training domain: flag answers and says so; refuse answers Classify "
+            "and Explain with FAILED_PRECONDITION and the reason (a specimen is still answered, its cells "
+            "outside left out of the blast fraction). Models without a domain gate are never refused."
         ),
     )
     specimen_review_share: float = Field(
