@@ -120,8 +120,11 @@ class ConformalSets:
             if not 0 < alpha < 1:
                 raise CalibrationError(f"conformal.qhat has a level {key!r} outside (0, 1)")
             qhat[alpha] = math.inf if value == "inf" else _number(value, f"conformal.qhat[{key!r}]")
-        if not qhat:
-            raise CalibrationError("conformal.qhat gives no level")
+            if not 0 <= qhat[alpha] <= 1 and qhat[alpha] != math.inf:
+                raise CalibrationError(f'conformal.qhat[{key!r}] must be from 0 to 1, or "inf"')
+        if not any(math.isclose(a, DEFAULT_ALPHA) for a in qhat):
+            # Requests that choose no level get the default: a card without it would refuse them all.
+            raise CalibrationError(f"conformal.qhat must give the default level {DEFAULT_ALPHA:g}")
         method = entry.get("method", "aps-randomised")
         if method != "aps-randomised":
             raise CalibrationError(f"conformal.method {method!r} is not one the gateway applies")

@@ -515,7 +515,9 @@ class SpecimenSummary(_message.Message):
     NEEDS_REVIEW_FIELD_NUMBER: _builtins.int
     REVIEW_REASON_FIELD_NUMBER: _builtins.int
     blast_fraction: _builtins.float
-    """The share of cells classified as blasts (any class the model card does not mark normal)."""
+    """The share of blasts (any class the model card does not mark normal) among the counted cells, those
+    inside the training domain; 0 when no cell is counted (then `needs_review` is set and says why).
+    """
     out_of_domain: _builtins.int
     """Cells outside the training domain (their class still shows in `counts`, but the blast fraction leaves
     them out).
@@ -538,7 +540,9 @@ class SpecimenSummary(_message.Message):
 
     @_builtins.property
     def review_first(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
-        """Indices into the cells, least confident first: the cells a person should look at first."""
+        """Indices into the cells, those outside the training domain first, then the least confident: the cells a
+        person should look at first.
+        """
 
     def __init__(
         self,

@@ -15,8 +15,8 @@ from allxai.explainer.result import Quality
 from allxai.server.audit import sha256
 from allxai.server.backends.base import ModelInfo, ModelSpec
 from allxai.server.errors import InvalidInput
+from allxai.server.explain_options import ExplainOptions, Picture
 from allxai.server.logs import request_id_var
-from allxai.server.options import ExplainOptions, Picture
 from allxai.server.outcomes import Classification, ExplainOutcome, SpecimenSummary, Timings
 from allxai.v1 import diagnosis_pb2 as pb
 
@@ -139,7 +139,7 @@ def _name(names: Mapping[Any, str], number: int) -> str:
 
 
 def explain_options(message: pb.ExplainOptions) -> ExplainOptions:
-    """The options as plain values, as sent: :func:`allxai.server.options.explain_plan` checks them."""
+    """The options as plain values, as sent: ``explain_options.explain_plan`` checks them."""
     return ExplainOptions(
         num_samples=message.num_samples or None,
         top_k=message.top_k,
@@ -189,6 +189,8 @@ def explain_response(
             png = render.to_png(render.heatmap(result))
         else:
             title = f"{label} {outcome.classification.confidence:.1%}"
+            if outcome.classification.in_domain is False:  # the figure is filed on its own: say it there
+                title += " (OUTSIDE THE TRAINING DOMAIN)"
             png = render.figure(outcome.image, result, title)
         pictures.append(pb.Picture(kind=_PICTURE_KINDS[name], png=png))
     outcome.timings.explain += time.perf_counter() - t0

@@ -18,8 +18,8 @@ from allxai.server import gate
 from allxai.server.admission import Admission
 from allxai.server.backends.base import Backend, ModelInfo, ModelSpec, split_rows
 from allxai.server.errors import FailedPrecondition, InvalidInput
+from allxai.server.explain_options import ExplainOptions, explain_plan
 from allxai.server.metrics import Metrics
-from allxai.server.options import ExplainOptions, explain_plan
 from allxai.server.outcomes import Classification, ClassifyOutcome, ExplainOutcome, SpecimenOutcome, Timings
 from allxai.server.settings import Settings
 
@@ -152,8 +152,9 @@ class Diagnosis:
             target = self._target(model, plan.target_label) if plan.target_label else None
             predictor = _BackendPredictor(self._backend, model, deadline)
             t_prep = time.perf_counter()
-            # The answer itself, with its domain score (which perturbed images have no use for), first:
-            # under the refuse policy an image outside the domain costs no explanation.
+            # The answer itself, with its domain check, first: under the refuse policy an image outside the
+            # domain costs no explanation. (The explanation's batches get the domain score too, from the same
+            # signature, and drop it.)
             rows = await predictor.timed(self._backend.predict(model, image[None], _left(deadline)))
             (classification,) = self._judge(model, rows, [data], level)
             gate.enforce(self._settings.domain_policy, model, classification)

@@ -130,7 +130,7 @@ def card_from_json(
 
 
 def check_scores(model: ModelInfo, scores: npt.NDArray[Any]) -> npt.NDArray[np.float32]:
-    """The model's answer as float32 ``[N, C]``, or :class:`ContractError` when it has another shape.
+    """The model's answer as float32 ``[N, C]``, or :class:`ContractError` for another shape or a NaN.
 
     Needed where the signature left ``C`` open and the class names came from elsewhere.
     """
@@ -140,7 +140,13 @@ def check_scores(model: ModelInfo, scores: npt.NDArray[Any]) -> npt.NDArray[np.f
             f"model {model.name} version {model.version} answered with shape {list(scores.shape)}, "
             f"not [N, {classes}] for its {classes} classes"
         )
-    return np.asarray(scores, dtype=np.float32)
+    out = np.asarray(scores, dtype=np.float32)
+    if not np.isfinite(out).all():
+        # A NaN would become the top class, fall out of every set and reach the audit trail as invalid JSON.
+        raise ContractError(
+            f"model {model.name} version {model.version} answered with scores that are not finite numbers"
+        )
+    return out
 
 
 def rows(model: ModelInfo, outputs: Mapping[str, Any]) -> npt.NDArray[np.float32]:
