@@ -408,6 +408,31 @@ def _gated_specimen(needs_review: bool = True) -> SpecimenResult:
     )
 
 
+def test_a_specimen_with_no_cell_inside_the_domain_files_no_blast_fraction() -> None:
+    cells = [_gated("ood", "a.png"), _gated("ood", "b.png")]
+    reason = "none of the 2 cells lies inside the model's training domain"
+    specimen = SpecimenResult(
+        cells, {"Benign": 0, "Early": 0, "Pre": 0, "Pro": 2}, 0.0, [0, 1],
+        out_of_domain=2, counted=0, needs_review=True, review_reason=reason,
+    )  # fmt: skip
+    message = parse_oru(to_oru(LabReport(MODEL, specimen=specimen, observed_at=WHEN)))
+    (blast,) = _obx(message, "ALLXAI-BLAST")
+    assert blast.obx_5.to_er7() == "" and blast.obx_8.to_er7() == "A"
+    assert (
+        _notes_after(message, blast)[0]
+        == "No blast fraction: no cell lies inside the model's training domain."
+    )
+    bundle = json.loads(to_fhir_json(LabReport(MODEL, specimen=specimen, observed_at=WHEN)))
+    (observation,) = [
+        e["resource"]
+        for e in bundle["entry"]
+        if e["resource"]["resourceType"] == "Observation"
+        and e["resource"]["code"]["coding"][0]["code"] == "ALLXAI-BLAST"
+    ]
+    assert "valueQuantity" not in observation
+    assert observation["dataAbsentReason"]["coding"][0]["code"] == "not-performed"
+
+
 def test_hl7_specimen_counts_cells_outside_the_domain_and_says_it_needs_review() -> None:
     report = LabReport(MODEL, specimen=_gated_specimen(), specimen_id="S-3", observed_at=WHEN)
     message = parse_oru(to_oru(report))

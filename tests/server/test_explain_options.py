@@ -8,7 +8,7 @@ from allxai.explainer.engine import ExplainSettings
 from allxai.explainer.segmentation import SegmentationSpec
 from allxai.server import convert
 from allxai.server.errors import InvalidInput
-from allxai.server.options import ExplainOptions, explain_plan
+from allxai.server.explain_options import ExplainOptions, explain_plan
 from allxai.server.settings import Settings
 from allxai.v1 import diagnosis_pb2 as pb
 

@@ -4,7 +4,7 @@
 (deadlines, retries, TLS and mTLS, a bearer token, message sizes) and return the same typed results.
 """
 
-from allxai.client._channel import MAX_MESSAGE_BYTES, ClientBase, service_config
+from allxai.client._channel import MAX_MESSAGE_BYTES, ClientBase, Security, service_config
 from allxai.client._results import (
     PICTURE_KINDS,
     AllxaiClientError,
@@ -29,6 +29,7 @@ __all__ = [
     "ExplainParams",
     "ExplainResult",
     "ModelDescription",
+    "Security",
     "SpecimenResult",
     "json_safe",
     "service_config",

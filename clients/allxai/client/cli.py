@@ -167,7 +167,13 @@ def _output_options() -> argparse.ArgumentParser:
     return common
 
 
-def _parser() -> argparse.ArgumentParser:
+#: The commands the thin client runs itself.
+_BUILTIN = frozenset({"classify", "explain", "specimen", "info"})
+
+
+def _parser(describe_plugins: bool = True) -> argparse.ArgumentParser:
+    """The command line; ``describe_plugins`` loads each registered command for its help line (only
+    worth its imports when the help is shown)."""
     parser = argparse.ArgumentParser(
         prog="allxai", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -234,7 +240,8 @@ def _parser() -> argparse.ArgumentParser:
     p.set_defaults(run=_commands.info)
 
     for name, entry in sorted(_plugins().items()):
-        sub.add_parser(name, help=_plugin_help(entry), add_help=False)
+        what = _plugin_help(entry) if describe_plugins else f"see allxai {name} -h"
+        sub.add_parser(name, help=what, add_help=False)
     return parser
 
 
@@ -244,7 +251,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     plugins = _plugins()
     if argv and argv[0] in plugins:
         return _run_plugin(argv[0], plugins[argv[0]], argv[1:])
-    parser = _parser()
+    # The other commands' help lines import their modules: only for the top-level help or a wrong command.
+    parser = _parser(describe_plugins=not argv or argv[0].startswith("-") or argv[0] not in _BUILTIN)
     args = parser.parse_args(argv)
     for flag in ("json_out", "csv_out"):
         value = getattr(args, flag, None)

@@ -222,8 +222,14 @@ def specimen(b: Builder) -> None:
     b.obx("NM", CODE_COUNTED, str(specimen.counted_cells), units=cells)
     b.obx("NM", CODE_OUT_OF_DOMAIN, str(specimen.out_of_domain), units=cells)
     b.obx("NM", CODE_AMBIGUOUS, str(specimen.ambiguous), units=cells)
-    blast = b.obx("NM", CODE_BLAST, number(100.0 * specimen.blast_fraction), units="%^percent^UCUM")
-    notes(blast, specimen_notes(specimen))
+    if specimen.counted_cells:
+        value, flag, why = number(100.0 * specimen.blast_fraction), "A" if specimen.needs_review else "", []
+    else:
+        # No cell could be judged: no number a LIS could file as "0 % blasts", the reason instead.
+        value, flag = None, "A"
+        why = ["No blast fraction: no cell lies inside the model's training domain."]
+    blast = b.obx("NM", CODE_BLAST, value, units="%^percent^UCUM", flag=flag)
+    notes(blast, [*why, *specimen_notes(specimen)])
     review = specimen.needs_review
     answer = b.obx("CWE", CODE_REVIEW, coded(_YES if review else _NO, "HL70136"), flag="A" if review else "")
     if review:

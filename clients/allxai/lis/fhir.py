@@ -59,6 +59,9 @@ def _cells(count: int) -> dict[str, Any]:
 
 __all__ = ["UCUM", "ai_security_label", "build_bundle", "parse_bundle", "to_fhir_json"]
 
+#: FHIR's code system of reasons for a missing value.
+_ABSENT = "http://terminology.hl7.org/CodeSystem/data-absent-reason"
+
 
 def build_bundle(report: LabReport) -> Bundle:
     """The report as a FHIR R4 (R4B models) collection Bundle, validated by fhir.resources."""
@@ -98,7 +101,12 @@ def build_bundle(report: LabReport) -> Bundle:
             notes.append(
                 f"Cells to review first (outside the training domain, then least confident): {review}"
             )
-        results.append(r.observation("blast", CODE_BLAST, {"valueQuantity": blast}, note=notes))
+        fraction: dict[str, Any] = {"valueQuantity": blast}
+        if not s.counted_cells:
+            # No cell could be judged: the reason, never a "0 %" a LIS could file.
+            fraction = {"dataAbsentReason": {"coding": [{"system": _ABSENT, "code": "not-performed"}]}}
+            notes.insert(0, "No blast fraction: no cell lies inside the model's training domain.")
+        results.append(r.observation("blast", CODE_BLAST, fraction, note=notes))
         why = (
             [f"Needs review: {s.review_reason or 'the gateway asks for a review'}"] if s.needs_review else []
         )

@@ -9,8 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from allxai.client import Security
 from allxai.client import options as opts
-from allxai.client._channel import Security
 
 #: The default target, as the ``allxai`` command's.
 DEFAULT_TARGET = "127.0.0.1:50051"

@@ -10,7 +10,7 @@ import numpy.typing as npt
 
 from allxai.explainer.result import ExplanationResult
 from allxai.server.backends.base import ModelInfo
-from allxai.server.options import Picture
+from allxai.server.explain_options import Picture
 
 
 @dataclass
