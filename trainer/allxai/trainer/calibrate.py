@@ -89,10 +89,16 @@ def harmless_copies(images: Images, seed: int = 0) -> Images:
 
 
 def fit_gate(
-    joint: Any, tap_names: list[str], train: Split, calibration: Split, acceptance: float
+    joint: Any,
+    tap_names: list[str],
+    train: Split,
+    calibration: Split,
+    calibration_taps: list[Floats],
+    acceptance: float,
 ) -> DomainDetector:
-    """Fit every view on ``train`` and its harmless copies, standardise and threshold on ``calibration``;
-    ``joint`` gives the probabilities and the feature taps (:func:`~allxai.trainer.domain.feature_taps`)."""
+    """Fit every view on ``train`` and its harmless copies, standardise and threshold on ``calibration``
+    (whose feature taps the caller computed once); ``joint`` gives the probabilities and the feature taps
+    (:func:`~allxai.trainer.domain.feature_taps`)."""
     images = np.concatenate([train.images, harmless_copies(train.images)])
     labels = np.concatenate([train.labels, train.labels])
     _, train_taps = _outputs(joint, images)
@@ -101,25 +107,23 @@ def fit_gate(
         for i, (name, features) in enumerate(zip(tap_names, train_taps, strict=True))
     ]
     gaussians.append(("pixel statistics", None, Gaussian.fit(_statistics(images), standardise=True)))
-    _, cal_taps = _outputs(joint, calibration.images)
     cal_stats = _statistics(calibration.images)
     views = []
     for name, tap, gaussian in gaussians:
-        distances = np.asarray(gaussian.distance(cal_stats if tap is None else cal_taps[tap]))
+        distances = np.asarray(gaussian.distance(cal_stats if tap is None else calibration_taps[tap]))
         median, spread = robust_scale(distances)
         views.append(View(name, tap, gaussian, median, spread))
     detector = DomainDetector(tuple(views), math.inf, acceptance)
-    scores = score_images(detector, joint, calibration.images)
+    scores = score(detector, calibration.images, calibration_taps)
     return DomainDetector(detector.views, _quantile(scores, acceptance), acceptance)
 
 
-def score_images(detector: DomainDetector, joint: Any, images: Images, batch: int = 64) -> Floats:
-    """The gate's scores of ``images``, computed as the SavedModel will."""
-    out = []
-    for i in range(0, len(images), batch):
-        chunk = images[i : i + batch]
-        result = joint(chunk.astype(np.float32), training=False)
-        out.append(np.asarray(detector.score(chunk, list(result[1:])), np.float64))
+def score(detector: DomainDetector, images: Images, taps: list[Floats], batch: int = 256) -> Floats:
+    """The gate's scores of ``images`` from their feature taps, computed as the SavedModel will."""
+    out = [
+        np.asarray(detector.score(images[i : i + batch], [t[i : i + batch] for t in taps]), np.float64)
+        for i in range(0, len(images), batch)
+    ]
     return np.concatenate(out) if out else np.zeros(0)
 
 
@@ -133,15 +137,16 @@ def calibrate(
 ) -> Calibration:
     """The gate and the conformal levels of ``model``, with their figures on the test split."""
     joint, tap_names = feature_taps(model)
-    detector = fit_gate(joint, tap_names, train, calibration, acceptance)
-    cal_probs, _ = _outputs(joint, calibration.images)
+    # One pass of the model over each split: its probabilities and feature taps serve every figure.
+    cal_probs, cal_taps = _outputs(joint, calibration.images)
+    detector = fit_gate(joint, tap_names, train, calibration, cal_taps, acceptance)
     cal_scores = conformal.scores(cal_probs, calibration.labels, calibration.draws())
     qhat = {a: conformal.quantile(cal_scores, a) for a in alphas}
     figures: dict[str, Any] = {"calibration": {"images": len(calibration.labels)}}
     set_figures: dict[str, Any] = {}
     if test is not None and len(test.labels):
-        test_probs, _ = _outputs(joint, test.images)
-        scores = score_images(detector, joint, test.images)
+        test_probs, test_taps = _outputs(joint, test.images)
+        scores = score(detector, test.images, test_taps)
         accepted = scores <= detector.threshold
         correct = test_probs.argmax(axis=1) == test.labels
         figures["test"] = {
