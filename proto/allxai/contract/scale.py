@@ -3,7 +3,9 @@
 Red cells are the body's own ruler: about 7.5-8 µm across in every laboratory, many in a field, and
 round. Their radius is read from the distance transform of the red-cell mask (stained foreground that is
 not a white cell, holes filled for their pale centres): the peak distance inside a cell is its radius,
-even where red cells touch in chains. Where no red cell shows (a segmented cell on black, a crop of one
+even where red cells touch in chains. Overlapping clumps read larger than one cell, so a field of
+clumped red cells (Aria) reads too large a diameter, i.e. too few µm per pixel (measured: scripts/
+localiser_eval.py). Where no red cell shows (a segmented cell on black, a crop of one
 white cell), the white cells' own size gives a rougher estimate.
 """
 
@@ -58,15 +60,12 @@ def _red_cell_radii(image: npt.NDArray[np.uint8], cells: CellMap) -> npt.NDArray
     if count == 0:
         return np.zeros(0)
     peaks = np.asarray(ndi.maximum(dist, labels, np.arange(1, count + 1)), dtype=np.float64)
-    areas = np.bincount(labels.ravel(), minlength=count + 1)[1:].astype(np.float64)
-    # A red cell (or a chain of them) covers at least its inscribed disc; thin streaks and slivers do not
-    # reach a disc of their peak radius, and blobs touching the border are cut.
-    full = areas >= 0.8 * np.pi * peaks**2
     height, width = red.shape
-    edge = np.zeros(count, bool)
-    edge_labels = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
-    edge[edge_labels[edge_labels > 0] - 1] = True
-    keep = full & ~edge & (peaks >= _MIN_RADIUS) & (peaks <= 0.25 * min(height, width))
+    # Speckle and slivers between cells peak far below a red cell's radius; a blob cut by the border keeps
+    # its full peak as long as the border does not cross its centre, so border blobs count too.
+    keep = (peaks >= _MIN_RADIUS) & (peaks <= 0.25 * min(height, width))
+    if keep.any():
+        keep &= peaks >= 0.4 * peaks[keep].max()
     return np.asarray(peaks[keep], dtype=np.float64)
 
 
