@@ -214,3 +214,25 @@ def call_figures(
         "benign_unflagged": float((normal_call & ~flagged).mean()),
         "calls": {name: float(np.mean(predicted == i)) for i, name in enumerate(class_names)},
     }
+
+
+def set_figures(
+    probabilities: npt.NDArray[np.float64],
+    flagged: npt.NDArray[np.bool_],
+    kinds: Sequence[str | None],
+    class_names: Sequence[str],
+    normal: Sequence[str],
+) -> dict[str, Any]:
+    """:func:`call_figures` of a whole set and, where its cells have types, of each type (``by_type``), with
+    the lymphocytes' share called normal without a flag on its own (``lymphocytes_benign_unflagged``)."""
+    figures = call_figures(probabilities, flagged, class_names, normal)
+    types = np.array([kind or "" for kind in kinds])
+    if types.any():
+        figures["by_type"] = {
+            kind: call_figures(probabilities[types == kind], flagged[types == kind], class_names, normal)
+            for kind in sorted(set(types) - {""})
+        }
+        # Lymphocytes look most like the Benign class (hematogones): the hardest normal cells to get right.
+        lymphocytes = figures["by_type"].get("lymphocyte")
+        figures["lymphocytes_benign_unflagged"] = lymphocytes["benign_unflagged"] if lymphocytes else None
+    return figures
