@@ -1,4 +1,4 @@
-"""``allxai train | evaluate | export | compare``: the trainer's commands.
+"""``allxai train | evaluate | export | compare | check-run``: the trainer's commands.
 
 Each registers itself in the ``allxai.commands`` entry-point group (pyproject.toml), so the ``allxai``
 command finds it when the ``train`` extra is installed. This module imports only the standard library at
@@ -190,11 +190,72 @@ def compare_main(argv: Sequence[str]) -> int:
 
     from allxai.trainer.reports import comparison_row, write_comparison  # noqa: PLC0415
 
+    def row(run: Path) -> dict[str, object]:
+        # A run checked by `allxai check-run` adds its figures; an unchecked one shows dashes there.
+        check = run / "runcheck.json"
+        return comparison_row(
+            json.loads((run / "report.json").read_text()),
+            json.loads(check.read_text()) if check.is_file() else None,
+        )
+
     try:
-        rows = [comparison_row(json.loads((run / "report.json").read_text())) for run in args.runs]
+        rows = [row(run) for run in args.runs]
     except (OSError, ValueError, KeyError) as exc:
         parser.exit(2, f"allxai compare: {exc}\n")
     written = write_comparison(rows, args.out)
     print((args.out / "comparison.md").read_text())
     print("wrote " + ", ".join(str(p) for p in written.values()))
+    return 0
+
+
+def _shared(name: str) -> Path | None:
+    """``../shared/data/<name>`` when it is there (the development sets beside the project)."""
+    path = Path("..") / "shared" / "data" / name
+    return path if path.is_dir() else None
+
+
+def check_run_main(argv: Sequence[str]) -> int:
+    """Check a trained run beyond accuracy: explanations and foreign normal cells.
+
+    Where LIME puts the weight on held-out test images (white cell, background, corners), and what the
+    export, with its domain gate, calls normal white cells from other laboratories (BCCD, wbc-seg)."""
+    parser = argparse.ArgumentParser(prog="allxai check-run", description=check_run_main.__doc__)
+    parser.add_argument(
+        "run", type=Path, help="a report folder written by allxai train (report.json, split.json)"
+    )
+    parser.add_argument("--cells", type=int, default=40, help="test images to explain (stratified by class)")
+    parser.add_argument(
+        "--bccd",
+        type=Path,
+        default=_shared("bccd"),
+        help="BCCD folder (default: ../shared/data/bccd if there)",
+    )
+    parser.add_argument(
+        "--wbc-seg",
+        type=Path,
+        default=_shared("wbc-seg"),
+        help="wbc-seg folder (default: ../shared/data/wbc-seg if there)",
+    )
+    parser.add_argument("--samples", type=int, default=1000, help="LIME samples per explanation")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    if args.cells < 1 or args.samples < 2:
+        parser.error("--cells must be at least 1 and --samples at least 2")
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s %(message)s")
+
+    from allxai.trainer.runcheck import check_run, markdown  # noqa: PLC0415
+
+    try:
+        check = check_run(
+            args.run,
+            cells=args.cells,
+            bccd=args.bccd,
+            wbcseg=args.wbc_seg,
+            seed=args.seed,
+            num_samples=args.samples,
+        )
+    except (OSError, ValueError, KeyError) as exc:
+        parser.exit(2, f"allxai check-run: {exc}\n")
+    print(markdown(check))
+    print(f"wrote runcheck.json, runcheck.md and the overlays into {args.run}")
     return 0
