@@ -25,6 +25,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any
 
 from allxai.contract.calibration import CalibrationError, ConformalSets, DomainGate
+from allxai.contract.cellrecipe import CellRecipe, RecipeError
 from allxai.contract.names import NORMAL_CLASS_NAMES
 
 
@@ -67,6 +68,8 @@ class ModelCard:
     domain: DomainGate | None = None
     #: The conformal prediction sets' calibration.
     conformal: ConformalSets | None = None
+    #: How a cell-centred model's input is made (:mod:`allxai.contract.cellview`); absent: a field model.
+    cell_input: CellRecipe | None = None
     #: Fields the contract does not know, as written (and the gateway's notes on where values came from).
     extra: Mapping[str, Any] = field(default_factory=dict)
 
@@ -75,7 +78,7 @@ class ModelCard:
         known: dict[str, Any] = {}
         for name in _KNOWN:
             value = getattr(self, name)
-            if isinstance(value, DomainGate | ConformalSets):
+            if isinstance(value, DomainGate | ConformalSets | CellRecipe):
                 value = value.to_dict()
             elif isinstance(value, tuple):
                 value = list(value)
@@ -219,7 +222,7 @@ def _calibration(parse: Callable[[object], Any]) -> Callable[[object, str, str],
     def parsed(value: object, key: str, the: str) -> Any:
         try:
             return parse(value)
-        except CalibrationError as exc:
+        except (CalibrationError, RecipeError) as exc:
             raise CardError(f"{the}: {exc}") from exc
 
     return parsed
@@ -241,6 +244,7 @@ _PARSERS: dict[str, Callable[[object, str, str], Any]] = {
     "software": _texts,
     "domain": _calibration(DomainGate.parse),
     "conformal": _calibration(ConformalSets.parse),
+    "cell_input": _calibration(CellRecipe.parse),
 }
 _KNOWN = tuple(f.name for f in fields(ModelCard) if f.name != "extra")
 assert set(_KNOWN) == set(_PARSERS), "every field of the card has exactly one parser"
