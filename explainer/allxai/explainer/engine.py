@@ -32,8 +32,8 @@ from typing import Literal, ParamSpec, Protocol, TypeVar
 import numpy as np
 import numpy.typing as npt
 
-from allxai.explainer import perturb, regions, surrogate
-from allxai.explainer.result import ExplanationResult, Quality, top_segments
+from allxai.explainer import perturb, quality, surrogate
+from allxai.explainer.result import ExplanationResult, top_segments
 from allxai.explainer.segmentation import SegmentationError, SegmentationSpec, segment
 
 Probs = npt.NDArray[np.float32]
@@ -104,8 +104,12 @@ async def explain(
     settings: ExplainSettings,
     label: int | None = None,
     progress: ProgressFn | None = None,
+    cells: npt.NDArray[np.bool_] | None = None,
 ) -> ExplanationResult:
     """Explain ``label`` (default: the predicted class) for one uint8 image ``[H, W, 3]``.
+
+    ``cells`` marks the white-cell pixels the quality figures count weight on (the gateway passes the
+    mask its preprocessing found); without it the localiser runs on ``image``.
 
     ``settings`` are used as they are: whoever builds them from a request checks them first (the
     gateway does in one place), and composition ``"model"`` needs a predictor with
@@ -178,8 +182,17 @@ async def explain(
     all_masks = np.concatenate(masks_parts)
     all_probs = np.concatenate(probs_parts)
     fit = await _in_thread(surrogate.fit, all_masks, all_probs, target, random_state, settings.num_features)
-    quality = await _in_thread(
-        _quality, image, segments, all_masks, all_probs, target, fit, float(probabilities[target]), settings
+    measured = await _in_thread(
+        quality.measure,
+        image,
+        segments,
+        all_masks,
+        all_probs,
+        target,
+        fit,
+        float(probabilities[target]),
+        settings,
+        cells,
     )
     return ExplanationResult(
         label_index=target,
@@ -191,7 +204,7 @@ async def explain(
         local_prediction=fit.local_prediction,
         num_samples=len(all_masks),
         seed=settings.seed,
-        quality=quality,
+        quality=measured,
         stopped_early=stopped_early,
         composition="model" if use_model else "gateway",
         probabilities=probabilities,
@@ -269,38 +282,3 @@ class _Batches:
             await asyncio.gather(*tasks, return_exceptions=True)
             raise
         return np.concatenate(parts).astype(np.float32, copy=False)
-
-
-def _quality(
-    image: Image,
-    segments: npt.NDArray[np.int32],
-    masks: npt.NDArray[np.int64],
-    probs: Probs,
-    label: int,
-    fit: surrogate.SurrogateFit,
-    model_prediction: float,
-    settings: ExplainSettings,
-) -> Quality:
-    reference = set(top_segments(fit.weights, settings.top_k, settings.positive_only))
-    overlaps = []
-    rng = np.random.default_rng(settings.seed + 1)
-    half = max(2, len(masks) // 2)
-    for _ in range(settings.stability_refits if len(masks) >= 20 else 0):
-        # Refit on a random half (always with the unperturbed row first, as lime's distances need).
-        rows = np.concatenate([[0], 1 + rng.choice(len(masks) - 1, size=half - 1, replace=False)])
-        refit = surrogate.fit(
-            masks[rows], probs[rows], label, np.random.RandomState(0), settings.num_features
-        )
-        other = set(top_segments(refit.weights, settings.top_k, settings.positive_only))
-        union = reference | other
-        overlaps.append(len(reference & other) / len(union) if union else 1.0)
-    cell, background, corner = regions.weight_shares(segments, fit.weights, regions.cell_mask(image))
-    return Quality(
-        r2=fit.score,
-        local_prediction=fit.local_prediction,
-        model_prediction=model_prediction,
-        stability=float(np.mean(overlaps)) if overlaps else 1.0,
-        cell_share=cell,
-        background_share=background,
-        corner_share=corner,
-    )

@@ -29,6 +29,32 @@ class Quality:
     background_share: float
     corner_share: float
 
+    def warnings(self) -> list[str]:
+        """What a reader must know about this explanation's evidence, in words; empty when nothing."""
+        out = []
+        if self.r2 < MIN_R2:
+            out.append(
+                f"the surrogate fits the model poorly here (R² {self.r2:.2f}, below {MIN_R2}): "
+                "the weights are a rough guide to what the model looked at, not a faithful one"
+            )
+        if (
+            self.cell_share + self.background_share + self.corner_share > 0
+            and self.cell_share < MIN_CELL_SHARE
+        ):
+            out.append(
+                f"the evidence sits mostly off the white cells ({self.cell_share:.0%} of the positive "
+                f"weight on them, {self.background_share:.0%} on the background, "
+                f"{self.corner_share:.0%} in the corners): "
+                "the answer may rest on something other than the cell"
+            )
+        return out
+
+
+#: Below this weighted R² the surrogate is said to fit poorly.
+MIN_R2 = 0.3
+#: Below this share of the positive weight on white cells the evidence is said to sit off them.
+MIN_CELL_SHARE = 0.5
+
 
 @dataclass
 class ExplanationResult:

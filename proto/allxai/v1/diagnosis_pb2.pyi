@@ -233,6 +233,11 @@ class Classification(_message.Message):
     DOMAIN_THRESHOLD_FIELD_NUMBER: _builtins.int
     PREDICTION_SET_FIELD_NUMBER: _builtins.int
     COVERAGE_FIELD_NUMBER: _builtins.int
+    ESTIMATED_SCALE_FIELD_NUMBER: _builtins.int
+    SCALE_SOURCE_FIELD_NUMBER: _builtins.int
+    WHITE_CELLS_FIELD_NUMBER: _builtins.int
+    REGION_FIELD_NUMBER: _builtins.int
+    DOMAIN_REASONS_FIELD_NUMBER: _builtins.int
     label: _builtins.str
     """The most probable class."""
     confidence: _builtins.float
@@ -249,6 +254,14 @@ class Classification(_message.Message):
     """The calibrated threshold the score is compared with. Absent without a check."""
     coverage: _builtins.float
     """The level the set is calibrated for, 1 - alpha (e.g. 0.95). Absent when the model carries no calibration."""
+    estimated_scale: _builtins.float
+    """The image's scale in micrometres per pixel, as sent: estimated from its red cells (about 7.75 µm across)
+    or, where none show, from its white cell (taken as 12 µm). Absent when the image shows no cell to measure.
+    """
+    scale_source: _builtins.str
+    """What the scale was measured on: "red_cells" or "white_cell"; empty when it is absent."""
+    white_cells: _builtins.int
+    """White cells the localiser found in the image."""
     @_builtins.property
     def scores(self) -> _containers.RepeatedCompositeFieldContainer[Global___ClassScore]:
         """Every class in the model's order."""
@@ -258,6 +271,18 @@ class Classification(_message.Message):
         """The conformal prediction set: the class names that stay plausible at the coverage level, most
         probable first (split-conformal APS, calibrated at export). Empty when the model carries no calibration,
         or when no class is needed to reach the level; `coverage` tells the two apart.
+        """
+
+    @_builtins.property
+    def region(self) -> Global___Region:
+        """The part of the image the model looked at, in the image's own pixels: the square around its largest
+        white cell for a cell-centred model (it may run past the image's edge), the whole image for a field model.
+        """
+
+    @_builtins.property
+    def domain_reasons(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Why the image counts as outside the training domain, in words, besides its domain score: no white cell
+        found, a scale coarser than the training images', a white cell of unlike size. Empty when there is none.
         """
 
     def __init__(
@@ -272,10 +297,15 @@ class Classification(_message.Message):
         domain_threshold: _builtins.float | None = ...,
         prediction_set: _abc.Iterable[_builtins.str] | None = ...,
         coverage: _builtins.float | None = ...,
+        estimated_scale: _builtins.float | None = ...,
+        scale_source: _builtins.str = ...,
+        white_cells: _builtins.int = ...,
+        region: Global___Region | None = ...,
+        domain_reasons: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_coverage", b"_coverage", "_domain_score", b"_domain_score", "_domain_threshold", b"_domain_threshold", "_in_domain", b"_in_domain", "coverage", b"coverage", "domain_score", b"domain_score", "domain_threshold", b"domain_threshold", "in_domain", b"in_domain"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_coverage", b"_coverage", "_domain_score", b"_domain_score", "_domain_threshold", b"_domain_threshold", "_estimated_scale", b"_estimated_scale", "_in_domain", b"_in_domain", "coverage", b"coverage", "domain_score", b"domain_score", "domain_threshold", b"domain_threshold", "estimated_scale", b"estimated_scale", "in_domain", b"in_domain", "region", b"region"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_coverage", b"_coverage", "_domain_score", b"_domain_score", "_domain_threshold", b"_domain_threshold", "_in_domain", b"_in_domain", "confidence", b"confidence", "coverage", b"coverage", "domain_score", b"domain_score", "domain_threshold", b"domain_threshold", "in_domain", b"in_domain", "label", b"label", "label_index", b"label_index", "prediction_set", b"prediction_set", "scores", b"scores"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_coverage", b"_coverage", "_domain_score", b"_domain_score", "_domain_threshold", b"_domain_threshold", "_estimated_scale", b"_estimated_scale", "_in_domain", b"_in_domain", "confidence", b"confidence", "coverage", b"coverage", "domain_reasons", b"domain_reasons", "domain_score", b"domain_score", "domain_threshold", b"domain_threshold", "estimated_scale", b"estimated_scale", "in_domain", b"in_domain", "label", b"label", "label_index", b"label_index", "prediction_set", b"prediction_set", "region", b"region", "scale_source", b"scale_source", "scores", b"scores", "white_cells", b"white_cells"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__coverage: _TypeAlias = _typing.Literal["coverage"]  # noqa: Y015
     _WhichOneofArgType__coverage: _TypeAlias = _typing.Literal["_coverage", b"_coverage"]  # noqa: Y015
@@ -283,6 +313,8 @@ class Classification(_message.Message):
     _WhichOneofArgType__domain_score: _TypeAlias = _typing.Literal["_domain_score", b"_domain_score"]  # noqa: Y015
     _WhichOneofReturnType__domain_threshold: _TypeAlias = _typing.Literal["domain_threshold"]  # noqa: Y015
     _WhichOneofArgType__domain_threshold: _TypeAlias = _typing.Literal["_domain_threshold", b"_domain_threshold"]  # noqa: Y015
+    _WhichOneofReturnType__estimated_scale: _TypeAlias = _typing.Literal["estimated_scale"]  # noqa: Y015
+    _WhichOneofArgType__estimated_scale: _TypeAlias = _typing.Literal["_estimated_scale", b"_estimated_scale"]  # noqa: Y015
     _WhichOneofReturnType__in_domain: _TypeAlias = _typing.Literal["in_domain"]  # noqa: Y015
     _WhichOneofArgType__in_domain: _TypeAlias = _typing.Literal["_in_domain", b"_in_domain"]  # noqa: Y015
     @_typing.overload
@@ -292,9 +324,41 @@ class Classification(_message.Message):
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__domain_threshold) -> _WhichOneofReturnType__domain_threshold | None: ...
     @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__estimated_scale) -> _WhichOneofReturnType__estimated_scale | None: ...
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__in_domain) -> _WhichOneofReturnType__in_domain | None: ...
 
 Global___Classification: _TypeAlias = Classification  # noqa: Y015
+
+@_typing.final
+class Region(_message.Message):
+    """A rectangle in an image's own pixels; bottom and right are exclusive."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    TOP_FIELD_NUMBER: _builtins.int
+    LEFT_FIELD_NUMBER: _builtins.int
+    BOTTOM_FIELD_NUMBER: _builtins.int
+    RIGHT_FIELD_NUMBER: _builtins.int
+    top: _builtins.int
+    left: _builtins.int
+    bottom: _builtins.int
+    right: _builtins.int
+    def __init__(
+        self,
+        *,
+        top: _builtins.int = ...,
+        left: _builtins.int = ...,
+        bottom: _builtins.int = ...,
+        right: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["bottom", b"bottom", "left", b"left", "right", b"right", "top", b"top"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Region: _TypeAlias = Region  # noqa: Y015
 
 @_typing.final
 class Timings(_message.Message):

@@ -71,6 +71,15 @@ def classification(c: Classification) -> pb.Classification:
         out.domain_threshold = c.domain_threshold
     if c.coverage is not None:
         out.coverage = c.coverage
+    if c.finding is not None:
+        f = c.finding
+        if f.scale is not None:
+            out.estimated_scale = f.scale
+            out.scale_source = f.scale_source
+        out.white_cells = f.white_cells
+        top, left, bottom, right = f.region
+        out.region.CopyFrom(pb.Region(top=top, left=left, bottom=bottom, right=right))
+        out.domain_reasons.extend(f.reasons)
     return out
 
 
@@ -95,6 +104,9 @@ def judgement(c: Classification) -> dict[str, Any]:
         "domain_threshold": c.domain_threshold,
         "prediction_set": list(c.prediction_set),
         "coverage": c.coverage,
+        "estimated_scale": c.finding.scale if c.finding else None,
+        "white_cells": c.finding.white_cells if c.finding else None,
+        "domain_reasons": list(c.finding.reasons) if c.finding else [],
     }
 
 

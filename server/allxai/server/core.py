@@ -12,7 +12,8 @@ from collections.abc import Awaitable, Callable
 import numpy as np
 import numpy.typing as npt
 
-from allxai.contract.preprocessing import ImageError, ImageLimits, prepare_image
+from allxai.contract.cellview import Prepared, prepare
+from allxai.contract.preprocessing import ImageError, ImageLimits, resize_image
 from allxai.explainer.perturb import Composition
 from allxai.server import gate
 from allxai.server.admission import Admission
@@ -20,7 +21,14 @@ from allxai.server.backends.base import Backend, ModelInfo, ModelSpec, split_row
 from allxai.server.errors import FailedPrecondition, InvalidInput
 from allxai.server.explain_options import ExplainOptions, explain_plan
 from allxai.server.metrics import Metrics
-from allxai.server.outcomes import Classification, ClassifyOutcome, ExplainOutcome, SpecimenOutcome, Timings
+from allxai.server.outcomes import (
+    Classification,
+    ClassifyOutcome,
+    ExplainOutcome,
+    Finding,
+    SpecimenOutcome,
+    Timings,
+)
 from allxai.server.settings import Settings
 
 ProgressFn = Callable[[int, int], None]
@@ -44,12 +52,12 @@ class Diagnosis:
         """The model a spec names."""
         return await self._backend.resolve(spec, timeout)
 
-    async def _prepare(self, data: bytes, model: ModelInfo, field_name: str) -> npt.NDArray[np.uint8]:
+    async def _prepare(self, data: bytes, model: ModelInfo, field_name: str) -> Prepared:
         if not data:
             raise InvalidInput(field_name, "the request carries no image bytes")
         try:
-            # Decoding is CPU work: keep it off the event loop.
-            return await asyncio.to_thread(prepare_image, data, model.input_size, self._limits)
+            # Decoding and finding the cells are CPU work: keep them off the event loop.
+            return await asyncio.to_thread(prepare, data, model.input_size, model.cell_input, self._limits)
         except ImageError as exc:
             raise InvalidInput(field_name, str(exc)) from exc
 
@@ -69,18 +77,23 @@ class Diagnosis:
         level = gate.level(model, alpha)
         image = await self._prepare(data, model, "image.data")
         prepared = time.perf_counter()
-        rows = await self._backend.predict(model, image[None], _left(deadline))
+        rows = await self._backend.predict(model, image.input[None], _left(deadline))
         done = time.perf_counter()
-        (classification,) = self._judge(model, rows, [data], level)
+        (classification,) = self._judge(model, rows, [data], level, [image])
         gate.enforce(self._settings.domain_policy, model, classification)
         timings = Timings(preprocess=prepared - started, model=done - prepared, total=done - started)
         return ClassifyOutcome(model, classification, timings)
 
     def _judge(
-        self, model: ModelInfo, rows: npt.NDArray[np.float32], images: list[bytes], level: float | None
+        self,
+        model: ModelInfo,
+        rows: npt.NDArray[np.float32],
+        images: list[bytes],
+        level: float | None,
+        prepared: list[Prepared],
     ) -> list[Classification]:
         """The answers for the model's rows, counted in the domain metrics."""
-        answers = gate.classify_rows(model, rows, images, level)
+        answers = gate.classify_rows(model, rows, images, level, [_finding(p) for p in prepared])
         if self._metrics is not None:
             self._metrics.observe_domain(model, answers)
         return answers
@@ -114,9 +127,9 @@ class Diagnosis:
         level = gate.level(model, alpha)
         prepared = [await self._prepare(data, model, f"images[{i}].data") for i, data in enumerate(images)]
         t_prep = time.perf_counter()
-        rows = await self._backend.predict(model, np.stack(prepared), _left(deadline))
+        rows = await self._backend.predict(model, np.stack([p.input for p in prepared]), _left(deadline))
         done = time.perf_counter()
-        cells = self._judge(model, rows, images, level)
+        cells = self._judge(model, rows, images, level, prepared)
         summary = gate.summarise(model, cells, self._settings.specimen_review_share)
         timings = Timings(preprocess=t_prep - started, model=done - t_prep, total=done - started)
         return SpecimenOutcome(model, cells, summary, timings)
@@ -144,22 +157,35 @@ class Diagnosis:
             model = await self._backend.resolve(spec, _left(deadline))
             level = gate.level(model, alpha)
             image = await self._prepare(data, model, "image.data")
-            if plan.settings.composition == "model" and not model.has_composition:
-                raise InvalidInput(
-                    "options.composition",
-                    f"model {model.name!r} has no compose signature; use gateway or auto",
+            # A cell model's explanation works on the view, the crop at the image's own resolution; each
+            # perturbed view is resized to the model's input, as the input itself was made from the view.
+            native = image.view.shape[:2] != tuple(model.input_size)
+            if plan.settings.composition == "model" and (native or not model.has_composition):
+                why = (
+                    f"the explanation works at the cell's own resolution ({image.view.shape[0]} px), the "
+                    "compose signature at the model's input size"
+                    if native
+                    else f"model {model.name!r} has no compose signature"
                 )
+                raise InvalidInput("options.composition", f"{why}; use gateway or auto")
             target = self._target(model, plan.target_label) if plan.target_label else None
-            predictor = _BackendPredictor(self._backend, model, deadline)
+            predictor = _BackendPredictor(self._backend, model, deadline, resize=native)
             t_prep = time.perf_counter()
             # The answer itself, with its domain check, first: under the refuse policy an image outside the
             # domain costs no explanation. (The explanation's batches get the domain score too, from the same
             # signature, and drop it.)
-            rows = await predictor.timed(self._backend.predict(model, image[None], _left(deadline)))
-            (classification,) = self._judge(model, rows, [data], level)
+            rows = await predictor.timed(self._backend.predict(model, image.input[None], _left(deadline)))
+            (classification,) = self._judge(model, rows, [data], level, [image])
             gate.enforce(self._settings.domain_policy, model, classification)
             try:
-                result = await explain(image, predictor, plan.settings, label=target, progress=progress)
+                result = await explain(
+                    image.view,
+                    predictor,
+                    plan.settings,
+                    label=target,
+                    progress=progress,
+                    cells=image.cell_mask,
+                )
             except SegmentationError as exc:
                 raise InvalidInput("options.segmentation_params", str(exc)) from exc
             done = time.perf_counter()
@@ -172,8 +198,8 @@ class Diagnosis:
             if self._metrics is not None:
                 self._metrics.explanation_samples.observe(result.num_samples)
                 self._metrics.explanation_seconds.observe(done - started)
-            warnings = gate.explanation_warnings(classification)
-            return ExplainOutcome(model, classification, result, image, plan.pictures, timings, warnings)
+            warnings = gate.explanation_warnings(classification, result.quality)
+            return ExplainOutcome(model, classification, result, image.view, plan.pictures, timings, warnings)
 
     @staticmethod
     def _target(model: ModelInfo, label: str) -> int:
@@ -188,17 +214,20 @@ class Diagnosis:
 class _BackendPredictor:
     """The engine's Predictor over one model of a backend, with the request's deadline."""
 
-    def __init__(self, backend: Backend, model: ModelInfo, deadline: float | None) -> None:
+    def __init__(
+        self, backend: Backend, model: ModelInfo, deadline: float | None, resize: bool = False
+    ) -> None:
         self._backend = backend
         self._model = model
         self._deadline = deadline
+        self._resize = resize
         self.seconds = 0.0  # time the model was busy for this request (overlapping calls counted once)
         self._busy = 0
         self._since = 0.0
 
     @property
     def has_composition(self) -> bool:
-        return self._model.has_composition
+        return self._model.has_composition and not self._resize
 
     async def timed(self, call: Awaitable[npt.NDArray[np.float32]]) -> npt.NDArray[np.float32]:
         """Await a model call, counting its time in ``seconds``."""
@@ -213,6 +242,8 @@ class _BackendPredictor:
                 self.seconds += time.perf_counter() - self._since
 
     async def predict(self, images: npt.NDArray[np.uint8]) -> npt.NDArray[np.float32]:
+        if self._resize:
+            images = await asyncio.to_thread(_resized, images, self._model.input_size)
         rows = await self.timed(self._backend.predict(self._model, images, _left(self._deadline), "bulk"))
         return split_rows(self._model, rows)[0]  # the explanation needs only the probabilities
 
@@ -220,6 +251,22 @@ class _BackendPredictor:
         return await self.timed(
             self._backend.predict_composed(self._model, composition, _left(self._deadline), "bulk")
         )
+
+
+def _resized(images: npt.NDArray[np.uint8], size: tuple[int, int]) -> npt.NDArray[np.uint8]:
+    """Perturbed views to the model's input size, by the resize that made the input from the view."""
+    return np.stack([resize_image(image, size) for image in images])
+
+
+def _finding(prepared: Prepared) -> Finding:
+    scale = prepared.scale
+    return Finding(
+        scale=None if scale is None else scale.um_per_px,
+        scale_source="" if scale is None else scale.source,
+        white_cells=prepared.white_cells,
+        region=prepared.region,
+        reasons=prepared.notes,
+    )
 
 
 def _deadline(timeout: float | None) -> float | None:

@@ -21,9 +21,10 @@ import numpy.typing as npt
 
 from allxai.contract.calibration import CalibrationError
 from allxai.contract.conformal import uniform_from_bytes
+from allxai.explainer.result import Quality
 from allxai.server.backends.base import ModelInfo, split_rows
 from allxai.server.errors import FailedPrecondition, InvalidInput
-from allxai.server.outcomes import Classification, SpecimenSummary
+from allxai.server.outcomes import Classification, Finding, SpecimenSummary
 
 Policy = Literal["flag", "refuse"]
 
@@ -43,12 +44,18 @@ def level(model: ModelInfo, alpha: float | None) -> float | None:
 
 
 def classify_rows(
-    model: ModelInfo, rows: npt.NDArray[np.float32], images: Sequence[bytes], alpha: float | None
+    model: ModelInfo,
+    rows: npt.NDArray[np.float32],
+    images: Sequence[bytes],
+    alpha: float | None,
+    findings: Sequence[Finding | None] | None = None,
 ) -> list[Classification]:
     """One :class:`Classification` per row, with the domain check and the set at level ``alpha``.
 
     ``images`` are the request's encoded bytes: each set's randomisation is drawn from them, so the same
-    image always gets the same set.
+    image always gets the same set. ``findings`` are what preprocessing found in each image: an image it
+    gave reasons for (no white cell, a scale or cell size far from the training images') is outside the
+    domain whatever its score says.
     """
     probabilities, scores = split_rows(model, rows)
     gate, sets = model.domain, model.conformal
@@ -64,22 +71,39 @@ def classify_rows(
         if alpha is not None and sets is not None:
             chosen = sets.members(p, alpha, uniform_from_bytes(images[i]))
             members, coverage = tuple(model.class_names[k] for k in chosen), round(1.0 - alpha, 6)
+        finding = findings[i] if findings is not None else None
+        if finding is not None and finding.reasons:
+            in_domain = False
         scores_ = tuple(p.astype(float).tolist())
-        out.append(Classification(model.class_names, scores_, in_domain, score, threshold, members, coverage))
+        out.append(
+            Classification(
+                model.class_names, scores_, in_domain, score, threshold, members, coverage, finding
+            )
+        )
     return out
 
 
 def enforce(policy: Policy, model: ModelInfo, classification: Classification) -> None:
     """Under the ``refuse`` policy an image outside the training domain gets no class (FailedPrecondition)."""
     if policy == "refuse" and classification.in_domain is False:
-        score = classification.domain_score
-        shown = f"{score:.3g}" if score is not None else "not a number"
         raise FailedPrecondition(
             f"the image lies outside the training domain of model {model.name!r} version {model.version} "
-            f"(domain score {shown} above the calibrated threshold {classification.domain_threshold:.3g}), "
-            "so it gets no class; it may not be a blood cell, or come from another laboratory's microscope "
-            "or stain. The server's policy is to refuse such images (ALLXAI_DOMAIN_POLICY=refuse)"
+            f"({'; '.join(reasons(classification))}), so it gets no class; it may not be a blood cell, "
+            "or come from another laboratory's microscope or stain. The server's policy is to refuse such "
+            "images (ALLXAI_DOMAIN_POLICY=refuse)"
         )
+
+
+def reasons(classification: Classification) -> list[str]:
+    """Why an answer lies outside the training domain, in words: the score, then what preprocessing found."""
+    out = []
+    score, threshold = classification.domain_score, classification.domain_threshold
+    if threshold is not None and not (score is not None and score <= threshold):
+        shown = f"{score:.3g}" if score is not None else "not a number"
+        out.append(f"domain score {shown} above the calibrated threshold {threshold:.3g}")
+    if classification.finding is not None:
+        out.extend(classification.finding.reasons)
+    return out
 
 
 def summarise(model: ModelInfo, cells: Sequence[Classification], review_share: float) -> SpecimenSummary:
@@ -114,11 +138,14 @@ def summarise(model: ModelInfo, cells: Sequence[Classification], review_share: f
     )
 
 
-def explanation_warnings(classification: Classification) -> tuple[str, ...]:
-    """What the reader of an explanation of this answer must know first."""
-    if classification.in_domain is not False:
-        return ()
-    return (
-        "the image lies outside the model's training domain: the explanation shows what the model looked "
-        "at, but its answer is not to be trusted for diagnosis",
-    )
+def explanation_warnings(classification: Classification, quality: Quality | None = None) -> tuple[str, ...]:
+    """What the reader of an explanation of this answer must know first: the domain, then the evidence."""
+    out = []
+    if classification.in_domain is False:
+        out.append(
+            "the image lies outside the model's training domain: the explanation shows what the model looked "
+            "at, but its answer is not to be trusted for diagnosis"
+        )
+    if quality is not None:
+        out.extend(quality.warnings())
+    return tuple(out)

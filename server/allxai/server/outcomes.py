@@ -24,6 +24,21 @@ class Timings:
 
 
 @dataclass(frozen=True)
+class Finding:
+    """What preprocessing found in an image: its scale, its white cells, the region the model looked at."""
+
+    #: Micrometres per pixel of the image as sent; None when nothing could be measured.
+    scale: float | None
+    #: "red_cells" or "white_cell"; empty without a scale.
+    scale_source: str
+    white_cells: int
+    #: (top, left, bottom, right) in the image's own pixels.
+    region: tuple[int, int, int, int]
+    #: Why the image counts as outside the training domain, besides its score (no cell, scale, size).
+    reasons: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
 class Classification:
     """Scores in the model's class order, the top class, and what the model's calibration says of them.
 
@@ -38,6 +53,7 @@ class Classification:
     domain_threshold: float | None = None
     prediction_set: tuple[str, ...] = ()
     coverage: float | None = None
+    finding: Finding | None = None
 
     @cached_property  # read several times per answer (label, confidence, the reply, the audit record)
     def label_index(self) -> int:

@@ -11,6 +11,7 @@ import numpy.typing as npt
 from allxai.contract import names as contract
 from allxai.contract.calibration import ConformalSets, DomainGate
 from allxai.contract.card import ModelCard, dump_card, normal_classes
+from allxai.contract.cellrecipe import CellRecipe
 from allxai.explainer.perturb import Composition
 
 #: Who is waiting on a prediction: a person (Classify) or an explanation's many perturbation batches.
@@ -51,6 +52,8 @@ class ModelInfo:
     domain: DomainGate | None = None
     #: The conformal calibration of the card; ``None``: no prediction sets.
     conformal: ConformalSets | None = None
+    #: How the card says a cell-centred model's input is made; ``None``: a field model (the whole image).
+    cell_input: CellRecipe | None = None
 
     @property
     def serving_outputs(self) -> tuple[str, ...]:
@@ -87,6 +90,7 @@ class ModelInfo:
             available_versions=available_versions,
             domain=card.domain,
             conformal=card.conformal,
+            cell_input=card.cell_input,
         )
 
 
