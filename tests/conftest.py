@@ -63,6 +63,39 @@ def model_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return base
 
 
+#: The cell model's input size and its synthetic fields' size.
+CELL_INPUT, CELL_FIELD = 32, 96
+
+
+@pytest.fixture(scope="session")
+def cell_model_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A cell-centred ALL-Net (``input = "cell"``) trained for one epoch on synthetic fields, as
+    <base>/allnet-cell/1: its card carries the crop recipe, the stain target and the scale range."""
+    from allxai.trainer.config import load_config
+    from allxai.trainer.synthetic import make_dataset
+    from allxai.trainer.train import run
+
+    data = make_dataset(tmp_path_factory.mktemp("cell-fields"), per_class=16, size=CELL_FIELD, seed=2)
+    base = tmp_path_factory.mktemp("cell-models")
+    config = load_config(
+        None,
+        data=data,
+        layout="folder",
+        out=base,
+        name="allnet-cell",
+        version=1,
+        input="cell",
+        input_size=CELL_INPUT,
+        cells_per_field=2,
+        augment="cell",
+        epochs=1,
+        seed=2,
+        reports=tmp_path_factory.mktemp("cell-reports"),
+    )
+    run(config)
+    return base
+
+
 @pytest.fixture(scope="session")
 def cell_png() -> bytes:
     from allxai.trainer.synthetic import make_cell_image

@@ -243,10 +243,12 @@ def test_the_report_lists_everything(tmp_path: Path) -> None:
 
 def test_training_and_serving_give_the_same_tensor_for_real_images(shared_data: Path) -> None:
     """No train/serve skew: the trainer's loader and the gateway's preparation are one code path."""
-    from allxai.server.core import Diagnosis  # noqa: F401  (the gateway imports prepare_image from here)
-    from allxai.server.core import prepare_image as gateway_prepare
+    from allxai.server.core import Diagnosis  # noqa: F401  (the gateway imports prepare from here)
+    from allxai.server.core import prepare as gateway_prepare
 
-    assert gateway_prepare is prepare_image
+    def serve_tensor_of(data: bytes, size: tuple[int, int]) -> np.ndarray:
+        return gateway_prepare(data, size, None).input
+
     paths = [
         next((shared_data / "cnmc-sample" / "all").glob("*.bmp")),
         next((shared_data / "aria-all" / "Original" / "Early").glob("*.jpg")),
@@ -254,5 +256,6 @@ def test_training_and_serving_give_the_same_tensor_for_real_images(shared_data: 
     for size in ((299, 299), (224, 224), (96, 96)):
         loaded = load_samples([Sample(p, 0, p.name) for p in paths], size)
         for path, train_tensor in zip(paths, loaded.images, strict=True):
-            serve_tensor = gateway_prepare(path.read_bytes(), size)
-            assert np.array_equal(train_tensor, serve_tensor)
+            assert np.array_equal(train_tensor, serve_tensor_of(path.read_bytes(), size))
+            # A field model's input is the image resized, as before cell models came.
+            assert np.array_equal(train_tensor, prepare_image(path.read_bytes(), size))

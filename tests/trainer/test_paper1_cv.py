@@ -99,6 +99,6 @@ def test_config_errors_name_the_field(tmp_path: Path) -> None:
 
 def test_every_recipe_parses() -> None:
     recipes = sorted(CONFIGS.glob("*.toml"))
-    assert len(recipes) == 12
+    assert len(recipes) == 13
     for recipe in recipes:
         load_config(recipe)

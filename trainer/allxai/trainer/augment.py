@@ -8,6 +8,12 @@ brightness, contrast and saturation jitter, then a random crop resized back to t
 ``tf.data`` pipeline, with one stateless seed per element so a fixed seed reproduces the run.
 Images are float32 in [0, 255] (the models scale pixels themselves).
 
+:func:`cell_augment` is for cell crops (``augment = "cell"``): a cell has no up, so flips and quarter
+turns, and HED stain jitter (Tellez et al., 2018): the optical density unmixed into hematoxylin,
+eosin and DAB with scikit-image's matrices, each stain's amount scaled by ``1 + N(0, sigma)`` and
+shifted by ``N(0, sigma)``, and mixed back, so the model learns that a laboratory's stain strength
+is not a feature. Black (a crop's blanked surround) stays black.
+
 Paper 2's offline balancing of the minority classes is in :mod:`allxai.trainer.balance`; balanced
 class weights in :func:`allxai.trainer.train.balanced_class_weights`.
 """
@@ -15,8 +21,11 @@ class weights in :func:`allxai.trainer.train.balanced_class_weights`.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
+import numpy as np
 import tensorflow as tf
+from skimage.color import hed_from_rgb, rgb_from_hed
 
 #: How many independent random streams one paper-1 augmentation uses (one per random step).
 _PAPER1_STREAMS = 7
@@ -162,12 +171,54 @@ def paper1_dataset(
     seeds follow the element's position, so the same ``seed`` gives the same augmented images
     whatever ``num_parallel_calls`` is, while every epoch (every new iteration) draws new seeds.
     """
+    return _augmented(
+        dataset, seed, lambda image, pair: paper1_augment(image, pair, params), num_parallel_calls
+    )
+
+
+def _augmented(
+    dataset: tf.data.Dataset, seed: int, fn: Any, num_parallel_calls: int = tf.data.AUTOTUNE
+) -> tf.data.Dataset:
     seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
 
     def augment(element: tuple[tf.Tensor, ...], pair: tf.Tensor) -> tuple[tf.Tensor, ...]:
         image, *rest = element
-        return (paper1_augment(tf.cast(image, tf.float32), pair, params), *rest)
+        return (fn(tf.cast(image, tf.float32), pair), *rest)
 
     return tf.data.Dataset.zip((dataset, seeds)).map(
         augment, num_parallel_calls=num_parallel_calls, deterministic=True
     )
+
+
+_HED_FROM_RGB = tf.constant(hed_from_rgb, tf.float32)
+_RGB_FROM_HED = tf.constant(rgb_from_hed, tf.float32)
+_LOG_ADJUST = float(np.log(1e-6))  # scikit-image's floor on the optical density
+
+
+def hed_jitter(image: tf.Tensor, seed: tf.Tensor, sigma: float) -> tf.Tensor:
+    """Scale and shift each stain's amount by ``N(0, sigma)``; float32 [H, W, 3] in [0, 255] in and out."""
+    if sigma <= 0:
+        return image
+    rgb = tf.maximum(image / 255.0, 1e-6)
+    stains = tf.maximum(tf.reshape(tf.math.log(rgb) / _LOG_ADJUST, (-1, 3)) @ _HED_FROM_RGB, 0.0)
+    draws = tf.random.stateless_normal((2, 3), seed=seed, stddev=sigma)
+    stains = stains * (1.0 + draws[0]) + draws[1] * tf.reduce_mean(stains, axis=0)
+    back = tf.exp((tf.maximum(stains, 0.0) @ _RGB_FROM_HED) * _LOG_ADJUST)
+    out = tf.reshape(tf.clip_by_value(back, 0.0, 1.0) * 255.0, tf.shape(image))
+    # The blanked surround (black) is no stain: keep it black rather than tinted by the shift.
+    black = tf.reduce_max(image, axis=-1, keepdims=True) < 20.0
+    return tf.where(black, image, out)
+
+
+def cell_augment(image: tf.Tensor, seed: tf.Tensor, sigma: float = 0.05) -> tf.Tensor:
+    """A cell crop flipped, turned by a random quarter and stain-jittered; float32 [0, 255] in and out."""
+    seeds = tf.random.experimental.stateless_split(seed, num=4)
+    image = tf.image.stateless_random_flip_left_right(image, seed=seeds[0])
+    turns = tf.random.stateless_uniform((), seed=seeds[1], maxval=4, dtype=tf.int32)
+    image = tf.image.rot90(image, k=turns)
+    return tf.clip_by_value(hed_jitter(image, seeds[2], sigma), 0.0, 255.0)
+
+
+def cell_dataset(dataset: tf.data.Dataset, seed: int, sigma: float) -> tf.data.Dataset:
+    """:func:`cell_augment` on the image of each element, one stateless seed per element (as paper 1's)."""
+    return _augmented(dataset, seed, lambda image, pair: cell_augment(image, pair, sigma))

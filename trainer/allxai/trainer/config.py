@@ -35,6 +35,17 @@ class TrainConfig(BaseModel):
     )
     max_per_class: int = Field(0, ge=0, description="use at most this many images per class (0: all)")
     input_size: int = Field(224, ge=32)
+    input: Literal["field", "cell"] = Field(
+        "field",
+        description='"field": the whole image resized; "cell": a crop around each white cell, at one scale, '
+        "stain-normalised, with everything off the cell blanked (allxai.contract.cellview)",
+    )
+    field_um: float = Field(28.0, gt=0, description="cell input: side of the crop in micrometres")
+    margin_um: float = Field(2.0, ge=0, description="cell input: margin kept around the cell's mask, in µm")
+    cells_per_field: int = Field(
+        4, ge=1, description="cell input: white cells per training field (largest first), each a crop"
+    )
+    stain_normalise: bool = Field(True, description="cell input: Reinhard stain normalisation")
     # Model
     arch: str = "allnet"
     weights: str = Field(
@@ -49,7 +60,13 @@ class TrainConfig(BaseModel):
         "sparse_categorical_crossentropy"
     )
     class_weights: bool = True
-    augment: Literal["none", "paper1", "paper2"] = "none"
+    augment: Literal["none", "paper1", "paper2", "cell"] = Field(
+        "none",
+        description='"cell": flips, quarter turns and HED stain jitter (for cell crops, which have no up)',
+    )
+    stain_jitter: float = Field(
+        0.05, ge=0, le=0.5, description="cell augmentation: spread of the HED stain jitter (0: none)"
+    )
     balance_classes: Literal["smallest", "all_smaller"] = Field(
         "smallest",
         description='paper2: augment the smallest class only (as the paper did), or "all_smaller": '

@@ -152,11 +152,13 @@ def evaluate_export(
         notes.append(f"input size {size[0]}x{size[1]} from the serving signature")
     else:
         raise ValueError("the model has no card and its signature leaves the input size open; pass --card")
-    images = load_samples(index.samples + index.test_samples, size)
+    images = load_samples(index.samples + index.test_samples, size, card.cell_input)
     if len(images.labels) == 0:
         reasons = "; ".join(f"{Path(p).name}: {why}" for p, why in images.skipped[:3])
         raise ValueError(f"no usable images in {data}: all {len(images.skipped)} were skipped ({reasons})")
     probs, scores = _predict(serve, input_name, images.images, output, domain_output)
+    if scores is not None:
+        scores = ood_eval.with_flags(scores, images.flagged)
     if probs.ndim != 2 or probs.shape[1] != len(names):
         raise ValueError(f"the model gives scores of shape {list(probs.shape[1:])} for {len(names)} classes")
     metrics = evaluate(images.labels, probs, names)
@@ -182,9 +184,10 @@ def evaluate_export(
         }
         report["ood"] = {}
         for name, (where, files) in sets.items():
-            folder = ood_eval.load_folder(name, files, size)
+            folder = ood_eval.load_folder(name, files, size, card.cell_input)
             set_probs, set_scores = _predict(serve, input_name, folder.images, output, domain_output)
             assert set_scores is not None  # a gate is there: _domain_output found its output
+            set_scores = ood_eval.with_flags(set_scores, folder.flagged)
             figures = ood_eval.set_figures(
                 set_probs, set_scores, scores, card.domain.threshold, names, normal
             )

@@ -53,6 +53,7 @@ def _dataset(
     train: bool,
     augment: str,
     sample_weights: npt.NDArray[np.float32] | None = None,
+    stain_jitter: float = 0.0,
 ) -> Any:
     """Batches of float32 images with one-hot labels (and per-sample weights, when given)."""
     parts = (images, onehot) if sample_weights is None else (images, onehot, sample_weights)
@@ -63,6 +64,10 @@ def _dataset(
         from allxai.trainer.augment import paper1_dataset  # noqa: PLC0415
 
         ds = paper1_dataset(ds, seed)
+    elif train and augment == "cell":
+        from allxai.trainer.augment import cell_dataset  # noqa: PLC0415
+
+        ds = cell_dataset(ds, seed, stain_jitter)
     else:
         ds = ds.map(lambda x, *rest: (tf.cast(x, tf.float32), *rest), num_parallel_calls=tf.data.AUTOTUNE)
     return ds.batch(batch).prefetch(tf.data.AUTOTUNE)
@@ -131,6 +136,7 @@ def fit(
         True,
         config.augment,
         _sample_weights(y_train, weights),
+        config.stain_jitter,
     )
     val_ds = _dataset(val[0], eye[val[1]], config.batch_size, seed, False, "none")
     checkpoint_dir.mkdir(parents=True, exist_ok=True)

@@ -1,8 +1,13 @@
 """Reading the pixels of indexed samples, and the dataset report.
 
-The images go through the service's own preprocessing (``decode_image`` and ``resize_image``), so a
-model sees at training time exactly what the gateway gives it; what cannot be read is skipped with
-the reason, never silently.
+The images go through the service's own preprocessing (:mod:`allxai.contract.cellview`: the whole
+field resized, or the crop around each white cell), so a model sees at training time exactly what the
+gateway gives it; what cannot be read is skipped with the reason, never silently.
+
+A cell-centred recipe loads, per field, the crop of its largest white cell into ``images`` (the one the
+gateway classifies, so validation, test and calibration score what serving answers) and the crops of
+its next cells into ``extra_images`` (owned by the field's row: training adds them, with the field's
+label, when the field is in the training split).
 """
 
 from __future__ import annotations
@@ -17,7 +22,9 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image
 
-from allxai.contract.preprocessing import ImageError, decode_image, resize_image
+from allxai.contract.cellrecipe import CellRecipe
+from allxai.contract.cellview import cell_views, field_view
+from allxai.contract.preprocessing import ImageError, decode_image
 from allxai.trainer.datasets import DatasetIndex, Sample
 
 log = logging.getLogger(__name__)
@@ -34,27 +41,73 @@ class LoadedImages:
     skipped: list[tuple[str, str]] = field(default_factory=list)
     modes: Counter[str] = field(default_factory=Counter)
     sizes: Counter[str] = field(default_factory=Counter)
+    #: Cell recipes: the crops of each field's other white cells, and the row of ``images`` owning each.
+    extra_images: npt.NDArray[np.uint8] | None = None
+    extra_owner: npt.NDArray[np.int64] | None = None
+    #: Cell recipes: per field, the scale (µm per pixel) and its source, and its cell's diameter in µm.
+    scales: list[tuple[float, str] | None] = field(default_factory=list)
+    diameters: list[float | None] = field(default_factory=list)
+    #: Cell recipes: fields in which no white cell was found (they train on their centre square).
+    no_cell: int = 0
+    #: Per field: whether preprocessing puts it outside the domain (no white cell, a scale far off).
+    flagged: npt.NDArray[np.bool_] = field(default_factory=lambda: np.zeros(0, bool))
+
+    def training_rows(
+        self, rows: npt.NDArray[np.int64]
+    ) -> tuple[npt.NDArray[np.uint8], npt.NDArray[np.int64]]:
+        """The images and labels to train on for these rows: their own, then their fields' other cells."""
+        x, y = self.images[rows], self.labels[rows]
+        if self.extra_images is None or self.extra_owner is None or not len(self.extra_owner):
+            return x, y
+        chosen = np.isin(self.extra_owner, rows)
+        extra = self.extra_images[chosen]
+        return np.concatenate([x, extra]), np.concatenate([y, self.labels[self.extra_owner[chosen]]])
 
 
-def load_samples(samples: list[Sample], input_size: tuple[int, int]) -> LoadedImages:
-    """Decode and resize through the shared preprocessing; grayscale, RGBA and 16-bit are converted
-    (and counted by mode), unreadable files are skipped with the reason."""
+def load_samples(
+    samples: list[Sample],
+    input_size: tuple[int, int],
+    recipe: CellRecipe | None = None,
+    cells_per_field: int = 1,
+) -> LoadedImages:
+    """Decode and prepare through the shared preprocessing; grayscale, RGBA and 16-bit are converted
+    (and counted by mode), unreadable files are skipped with the reason. With a ``recipe``, each field
+    gives the crops of up to ``cells_per_field`` white cells (largest first)."""
     images: list[npt.NDArray[np.uint8]] = []
+    extra: list[npt.NDArray[np.uint8]] = []
+    owner: list[int] = []
     kept: list[Sample] = []
     skipped: list[tuple[str, str]] = []
     modes: Counter[str] = Counter()
     sizes: Counter[str] = Counter()
+    scales: list[tuple[float, str] | None] = []
+    diameters: list[float | None] = []
+    no_cell = 0
+    flagged: list[bool] = []
     for sample in samples:
         try:
             data = sample.path.read_bytes()
             decoded = decode_image(data)  # first: its errors say in words what is wrong
             with Image.open(sample.path) as probe:
                 mode, size = probe.mode, f"{probe.size[0]}x{probe.size[1]}"
-            images.append(resize_image(decoded, input_size))
+            if recipe is None:
+                views = [field_view(decoded, input_size)]
+            else:
+                views = cell_views(decoded, input_size, recipe, limit=max(1, cells_per_field))
         except (ImageError, OSError) as exc:
             skipped.append((str(sample.path), str(exc)))
             log.warning("skipped %s: %s", sample.path, exc)
             continue
+        first = views[0]
+        images.append(first.input)
+        for view in views[1:]:
+            extra.append(view.input)
+            owner.append(len(kept))
+        scale = first.scale
+        scales.append(None if scale is None else (scale.um_per_px, scale.source))
+        diameters.append(first.cell_diameter_um)
+        no_cell += first.white_cells == 0
+        flagged.append(bool(first.notes))
         modes[mode] += 1
         sizes[size] += 1
         kept.append(sample)
@@ -68,6 +121,12 @@ def load_samples(samples: list[Sample], input_size: tuple[int, int]) -> LoadedIm
         skipped,
         modes,
         sizes,
+        extra_images=np.stack(extra).astype(np.uint8) if extra else None,
+        extra_owner=np.asarray(owner, np.int64) if extra else None,
+        scales=scales,
+        diameters=diameters,
+        no_cell=no_cell if recipe is not None else 0,
+        flagged=np.asarray(flagged, bool),
     )
 
 

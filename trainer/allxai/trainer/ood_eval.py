@@ -27,7 +27,9 @@ import numpy as np
 import numpy.typing as npt
 
 from allxai.contract.card import ModelCard
-from allxai.contract.preprocessing import ImageError, prepare_image
+from allxai.contract.cellrecipe import CellRecipe
+from allxai.contract.cellview import prepare
+from allxai.contract.preprocessing import ImageError
 
 Floats = npt.NDArray[np.float64]
 
@@ -69,22 +71,35 @@ class FolderImages:
 
     images: npt.NDArray[np.uint8]
     skipped: list[tuple[str, str]] = field(default_factory=list)
+    #: Images preprocessing already puts outside the domain (no white cell, a scale far off).
+    flagged: npt.NDArray[np.bool_] = field(default_factory=lambda: np.zeros(0, bool))
 
 
-def load_folder(name: str, files: Sequence[Path], size: tuple[int, int]) -> FolderImages:
-    """Decode and resize through :func:`~allxai.contract.preprocessing.prepare_image`, as the gateway
-    does; a ValueError when no file could be used."""
+def load_folder(
+    name: str, files: Sequence[Path], size: tuple[int, int], recipe: CellRecipe | None = None
+) -> FolderImages:
+    """Prepare through :func:`~allxai.contract.cellview.prepare`, as the gateway does (the whole image,
+    or a cell model's crop of the largest white cell); a ValueError when no file could be used."""
     images: list[npt.NDArray[np.uint8]] = []
+    flagged: list[bool] = []
     skipped: list[tuple[str, str]] = []
     for path in files:
         try:
-            images.append(prepare_image(path.read_bytes(), size))
+            prepared = prepare(path.read_bytes(), size, recipe)
         except (ImageError, OSError) as exc:
             skipped.append((str(path), str(exc)))
+            continue
+        images.append(prepared.input)
+        flagged.append(bool(prepared.notes))
     if not images:
         reasons = "; ".join(f"{Path(p).name}: {why}" for p, why in skipped[:3])
         raise ValueError(f"--ood {name}: no usable images, all {len(skipped)} were skipped ({reasons})")
-    return FolderImages(np.stack(images), skipped)
+    return FolderImages(np.stack(images), skipped, np.asarray(flagged, bool))
+
+
+def with_flags(scores: Floats, flagged: npt.NDArray[np.bool_]) -> Floats:
+    """Domain scores with the images preprocessing flagged set above any threshold (the gateway's rule)."""
+    return np.where(flagged, np.inf, scores) if len(flagged) == len(scores) else scores
 
 
 def auroc(inside: Floats, outside: Floats) -> float:

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from allxai.contract import preprocessing
+from allxai.contract import cellview, preprocessing
 from allxai.contract.card import ModelCard, dump_card, normal_classes
 from allxai.trainer.config import TrainConfig
 from allxai.trainer.datasets import DatasetIndex, Sample, check_trainable, index_dataset
@@ -102,14 +102,21 @@ def run(config: TrainConfig) -> RunResult:
     check_trainable(index, min_per_class=max(folds, 2) * 2 if not index.test_samples else max(folds, 2))
     samples = _subsample(index.samples, config.max_per_class, config.seed)
     size = (config.input_size, config.input_size)
-    loaded = load_samples(samples, size)
+    recipe = None
+    if config.input == "cell":
+        from allxai.trainer.cellrecipes import finished_recipe, initial_recipe  # noqa: PLC0415
+
+        recipe = initial_recipe(config, samples)
+    loaded = load_samples(samples, size, recipe, config.cells_per_field)
+    if recipe is not None:
+        recipe = finished_recipe(recipe, loaded)
     names = index.class_names
     if len(loaded.labels) == 0:
         raise ValueError("no usable images: every file was skipped (see the report)")
 
     test_loaded = None
     if index.test_samples:
-        test_loaded = load_samples(index.test_samples, size)
+        test_loaded = load_samples(index.test_samples, size, recipe)
         rest = np.arange(len(loaded.labels))
         x_test, y_test = test_loaded.images, test_loaded.labels
         test_idx = np.zeros(0, np.int64)
@@ -128,6 +135,13 @@ def run(config: TrainConfig) -> RunResult:
         ]
 
     dataset = summary(index, loaded, test_loaded)
+    if recipe is not None:
+        extra = 0 if loaded.extra_owner is None else len(loaded.extra_owner)
+        dataset["cell_input"] = {
+            "fields_without_a_white_cell": loaded.no_cell,
+            "extra_training_crops": extra,
+            "recipe": recipe.to_dict(),
+        }
     dataset["splits"] = split_sizes(loaded.groups, {"train+validation": rest, "test": test_idx})
     if index.test_samples:
         dataset["splits"]["test"] = {
@@ -155,7 +169,7 @@ def run(config: TrainConfig) -> RunResult:
         result = fit(
             config,
             len(names),
-            (loaded.images[tr_idx], loaded.labels[tr_idx]),
+            loaded.training_rows(tr_idx),
             (loaded.images[va_idx], loaded.labels[va_idx]),
             config.reports / f"fold{k}",
             config.seed + k,
@@ -199,6 +213,8 @@ def run(config: TrainConfig) -> RunResult:
     )
     reports["split"] = _write_split(config.reports, loaded.paths, best_split, test_idx, test_loaded)
     card = _card(config, names, dataset, fold_summary, best_test)
+    if recipe is not None:
+        card = replace(card, cell_input=recipe, preprocessing=cellview.DESCRIPTION)
     calibration = None
     if config.calibrate:
         from allxai.trainer.calibrate import Split, calibrate  # noqa: PLC0415
