@@ -40,7 +40,7 @@ _MIN_NUCLEUS_SCORE = 0.22
 # Foreground: total OD above this is not background (background noise stays below ~0.1).
 _MIN_FOREGROUND_OD = 0.15
 # A kept nucleus is at least this share of the largest one (drops platelets and stain debris).
-_MIN_SHARE_OF_LARGEST = 0.12
+_MIN_SHARE_OF_LARGEST = 0.06
 # The cytoplasm reaches at most this many nucleus radii beyond the nucleus, and is stained: smoothed total
 # OD above _CYTOPLASM_OD (pale cytoplasm reaches ~0.15, background noise stays below 0.06).
 _CYTOPLASM_REACH, _CYTOPLASM_OD = 1.2, 0.08
@@ -68,15 +68,6 @@ class CellMap:
     labels: npt.NDArray[np.int32]  # [H, W] 0 = not a white cell, i = cells[i - 1]
     cells: tuple[WhiteCell, ...]  # largest first
     black_background: bool  # cells on a (near-)black background: a segmented image
-
-
-def _empty(height: int, width: int, black: bool) -> CellMap:
-    return CellMap(
-        mask=np.zeros((height, width), bool),
-        labels=np.zeros((height, width), np.int32),
-        cells=(),
-        black_background=black,
-    )
 
 
 def _downsample(image: npt.NDArray[np.uint8]) -> npt.NDArray[np.uint8]:
@@ -142,7 +133,10 @@ def _smear_cells(image: npt.NDArray[np.uint8]) -> npt.NDArray[np.int32]:
     # field mostly red cells, in a single-cell crop the cytoplasm; never the nucleus).
     fg = total > _MIN_FOREGROUND_OD
     bulk = float(np.percentile(score[fg], 30)) if fg.any() else 0.0
-    threshold = max(_MIN_NUCLEUS_SCORE, bulk + 0.1)
+    # Red cells tinted violet (Aria Pre) reach half the deepest nucleus's score: stay above that half,
+    # capped so that a very dark nucleus (wbc-seg dataset1) does not lift the bar over its own pale lobes.
+    deepest = float(np.percentile(score, 99.5))
+    threshold = max(_MIN_NUCLEUS_SCORE, bulk + 0.1, min(0.5 * deepest, 0.6))
     nuclei = ndi.binary_opening(score > threshold, iterations=1)
     # Lobes of one nucleus (neutrophils) are joined by a closing, holes filled.
     nuclei = ndi.binary_closing(nuclei, iterations=2)
@@ -298,6 +292,6 @@ def locate_cells(image: npt.NDArray[np.uint8]) -> CellMap:
     work = _downsample(np.ascontiguousarray(image))
     black = _is_black_background(work)
     if min(height, width) < 8:
-        return _empty(height, width, black)
+        return _full_resolution(np.zeros((1, 1), np.int32), height, width, black)
     small = _segmented_cells(work) if black else _smear_cells(work)
     return _full_resolution(small, height, width, black)
