@@ -100,6 +100,10 @@ def cell_result(c: pb.Classification, model: pb.ModelRef, request_id: str, image
         domain_threshold=_float32(c.domain_threshold) if c.HasField("domain_threshold") else None,
         prediction_set=list(c.prediction_set),
         coverage=_float32(c.coverage) if c.HasField("coverage") else None,
+        estimated_scale=_float32(c.estimated_scale) if c.HasField("estimated_scale") else None,
+        scale_source=c.scale_source,
+        white_cells=c.white_cells,
+        domain_reasons=list(c.domain_reasons),
     )
 
 

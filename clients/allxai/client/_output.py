@@ -9,7 +9,8 @@ none; a prediction set of more than one class is shown with its coverage. For ex
     cell.png: Pro-B ALL 97.3% — no domain check (the model has none)
 
 JSON and CSV records carry ``in_domain`` (true, false, or null/empty: no check was made), ``domain_score``,
-``domain_threshold``, ``prediction_set`` (a list; in CSV the classes joined by ``|``) and ``coverage``.
+``domain_threshold``, ``prediction_set`` (a list; in CSV the classes joined by ``|``) and ``coverage``,
+``estimated_scale`` (µm per pixel), ``white_cells`` and ``domain_reasons`` (a list; in CSV joined by `` | ``).
 No JSON carries NaN: a number that is not finite is written as null.
 """
 
@@ -45,16 +46,22 @@ OUTSIDE = "OUTSIDE THE TRAINING DOMAIN"
 SET_SEPARATOR = "|"
 
 
-def domain_words(in_domain: bool | None, domain_score: float | None, domain_threshold: float | None) -> str:
+def domain_words(
+    in_domain: bool | None,
+    domain_score: float | None,
+    domain_threshold: float | None,
+    reasons: Sequence[str] = (),
+) -> str:
     """What the domain check says, for a person; empty for an image inside the domain."""
     if in_domain is None:
         return NO_DOMAIN_CHECK
     if in_domain:
         return ""
-    if domain_score is not None and domain_threshold is not None:
+    why = list(reasons)
+    if domain_score is not None and domain_threshold is not None and domain_score > domain_threshold:
         score, threshold = score_and_threshold(domain_score, domain_threshold)
-        return f"{OUTSIDE} (score {score} > {threshold}); not for diagnosis"
-    return f"{OUTSIDE}; not for diagnosis"
+        why.insert(0, f"score {score} > {threshold}")
+    return f"{OUTSIDE} ({'; '.join(why)}); not for diagnosis" if why else f"{OUTSIDE}; not for diagnosis"
 
 
 def set_words(prediction_set: Sequence[str], coverage: float | None) -> str:
@@ -68,7 +75,12 @@ def set_words(prediction_set: Sequence[str], coverage: float | None) -> str:
 def cell_words(record: Record) -> str:
     """The notes on one classified image (a record), after a dash; empty when there is nothing to say."""
     notes = [
-        domain_words(record.get("in_domain"), record.get("domain_score"), record.get("domain_threshold")),
+        domain_words(
+            record.get("in_domain"),
+            record.get("domain_score"),
+            record.get("domain_threshold"),
+            record.get("domain_reasons") or (),
+        ),
         set_words(record.get("prediction_set") or [], record.get("coverage")),
     ]
     said = "; ".join(note for note in notes if note)
@@ -99,6 +111,9 @@ def classify_record(image: InputImage, result: ClassifyResult, info: ModelDescri
         "domain_threshold": result.domain_threshold,
         "prediction_set": list(result.prediction_set),
         "coverage": result.coverage,
+        "estimated_scale": result.estimated_scale,
+        "white_cells": result.white_cells,
+        "domain_reasons": list(result.domain_reasons),
     }
 
 
@@ -189,7 +204,7 @@ def _flat(record: Record) -> Record:
     for key, value in record.items():
         if key == "prediction_set":
             flat[key] = SET_SEPARATOR.join(value)
-        elif key == "warnings":
+        elif key in ("warnings", "domain_reasons"):
             flat[key] = " | ".join(value)
         elif key == "scores":
             flat.update({f"score_{label}": score for label, score in value.items()})

@@ -77,6 +77,11 @@ class ClassifyResult:
     0.95; split-conformal), most probable first. ``coverage`` is None when the model carries no conformal
     calibration, and the set is then empty; with a coverage, an empty set means no class was needed to
     reach the level. A set of more than one class is an ambiguous answer.
+
+    ``estimated_scale`` is the image's micrometres per pixel as the gateway measured it (from its red cells,
+    ``scale_source`` "red_cells", or from its white cell, "white_cell"), None when nothing could be
+    measured; ``white_cells`` is how many white cells it found; ``domain_reasons`` say in words why the
+    image counts as outside the training domain besides its score (no white cell, a scale far off).
     """
 
     label: str
@@ -91,6 +96,10 @@ class ClassifyResult:
     domain_threshold: float | None = None
     prediction_set: list[str] = field(default_factory=list)
     coverage: float | None = None
+    estimated_scale: float | None = None
+    scale_source: str = ""
+    white_cells: int = 0
+    domain_reasons: list[str] = field(default_factory=list)
 
     @property
     def domain_checked(self) -> bool:
@@ -123,6 +132,10 @@ class ClassifyResult:
                 "domain_threshold": self.domain_threshold,
                 "prediction_set": list(self.prediction_set),
                 "coverage": self.coverage,
+                "estimated_scale": self.estimated_scale,
+                "scale_source": self.scale_source,
+                "white_cells": self.white_cells,
+                "domain_reasons": list(self.domain_reasons),
             }
         )
 

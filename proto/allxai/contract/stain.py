@@ -26,7 +26,7 @@ UInt8Image = npt.NDArray[np.uint8]
 #: Pixels darker than this in every channel are a segmented image's background, not stain.
 BLACK = 20
 #: At most this many pixels feed the statistics (a regular subsample).
-_SAMPLE = 65_536
+_SAMPLE = 16_384
 
 
 def lab_stats(image: UInt8Image) -> StainTarget | None:
