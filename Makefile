@@ -64,6 +64,7 @@ bench: $(STAMP)
 	$(BIN)/python bench/explain_bench.py
 	$(BIN)/python bench/gateway_bench.py
 	$(BIN)/python bench/gate_bench.py
+	$(BIN)/python bench/prepare_bench.py
 
 ## proto: regenerate the committed Python code from proto/ (grpcio-tools + mypy-protobuf)
 proto: $(STAMP)

@@ -1,8 +1,9 @@
 """The demo: train a small model, serve it with the embedded backend, classify and explain, draw.
 
-Trains ALL-Net at 128x128 on the real Aria et al. images in ../shared/data when they are there
-(a few hundred per class), otherwise on synthetic cell-like images; exports it under the model
-contract; starts the gateway as a real process; classifies and explains through the ``allxai``
+Trains the cell-centred ALL-Net recipe (configs/paper2-allnet-cell-cpu.toml: each white cell cut at one
+scale, stain-normalised, the surround blanked) on the real Aria et al. images in ../shared/data when they
+are there (a few hundred fields per class), otherwise on synthetic cell-like fields; exports it under the
+model contract; starts the gateway as a real process; classifies and explains through the ``allxai``
 command; writes every picture under ``--out``; stops the gateway with SIGTERM.
 """
 
@@ -23,6 +24,7 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 ROOT = Path(__file__).resolve().parent.parent
+RECIPE = ROOT / "configs" / "paper2-allnet-cell-cpu.toml"
 ARIA = ROOT.parent / "shared" / "data" / "aria-all" / "Original"
 #: Normal white cells from another laboratory (another microscope, magnification and stain).
 FOREIGN = ROOT.parent / "shared" / "data" / "wbc-seg" / "dataset2" / "001.bmp"
@@ -86,7 +88,7 @@ def main() -> int:
     )
     parser.add_argument("--per-class", type=int, default=300, help="images per class to train on")
     parser.add_argument("--epochs", type=int, default=10)
-    parser.add_argument("--input-size", type=int, default=128)
+    parser.add_argument("--input-size", type=int, default=64)
     args = parser.parse_args()
     out: Path = args.out.resolve()
     models = out / "models"
@@ -100,6 +102,8 @@ def main() -> int:
     train = [
         allxai,
         "train",
+        "--config",
+        str(RECIPE),
         "--out",
         str(models),
         "--name",
@@ -114,16 +118,16 @@ def main() -> int:
         str(out / "training"),
     ]
     if args.data.is_dir():
-        print(f"== training ALL-Net on real images from {args.data}", flush=True)
+        print(f"== training ALL-Net on the white cells of real images from {args.data}", flush=True)
         train += ["--data", str(args.data), "--max-per-class", str(args.per_class)]
         samples = sorted(p for p in args.data.iterdir() if p.is_dir())
         images = [sorted(folder.iterdir())[len(list(folder.iterdir())) // 2] for folder in samples]
     else:
-        print("== no real data found; training ALL-Net on synthetic cell images", flush=True)
+        print("== no real data found; training ALL-Net on the cells of synthetic fields", flush=True)
         train += ["--synthetic", str(args.per_class // 2)]
         from allxai.trainer.synthetic import CLASSES, make_dataset  # noqa: PLC0415
 
-        sample_dir = make_dataset(out / "sample_images", 1, size=args.input_size, seed=7)
+        sample_dir = make_dataset(out / "sample_images", 1, size=2 * args.input_size, seed=7)
         images = [next((sample_dir / c).iterdir()) for c in CLASSES]
     run(train)
     print(f"== trained and exported in {time.monotonic() - started:.0f} s", flush=True)

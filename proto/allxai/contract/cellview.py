@@ -74,13 +74,20 @@ class Prepared:
     cell_diameter_um: float | None = None
 
 
-def field_view(image: UInt8Image, size: tuple[int, int]) -> Prepared:
-    """A field model's input: the whole image resized (the view is the input, as the model was trained)."""
+def field_view(image: UInt8Image, size: tuple[int, int], locate: bool = True) -> Prepared:
+    """A field model's input: the whole image resized (the view is the input, as the model was trained).
+
+    ``locate`` finds the white cells and the scale for the answer's report and the explanation's quality
+    figures; training leaves it off, since a field model's input does not depend on them.
+    """
+    model_input = resize_image(image, size)
+    h, w = image.shape[:2]
+    if not locate:
+        empty = np.zeros(model_input.shape[:2], bool)
+        return Prepared(model_input, model_input, empty, None, 0, (0, 0, h, w))
     found = locate_cells(image)
     scale = estimate_scale(image, found)
-    model_input = resize_image(image, size)
     mask = _resize_mask(found.mask, model_input.shape[:2])
-    h, w = image.shape[:2]
     diameter = found.cells[0].diameter * scale.um_per_px if found.cells and scale else None
     return Prepared(model_input, model_input, mask, scale, len(found.cells), (0, 0, h, w), (), diameter)
 
@@ -135,20 +142,21 @@ def _crop(
     top = round(cell.centre[0] - side / 2)
     left = round(cell.centre[1] - side / 2)
     region = (top, left, top + side, left + side)
-    window = _cut(image, region)
-    own = _cut_mask(found.labels == index, region)
-    margin = recipe.margin_um / scale.um_per_px
-    # Distance to the cell's own mask, in pixels of the image: keep what lies within the margin.
+    # Resized to the view first: what follows runs on at most view_max² pixels, whatever the image's size.
+    edge = _view_size(side, size, recipe)
+    view = resize_image(_cut(image, region), edge)
+    own = _resize_mask(_cut_labels(found.labels, region) == index, edge)
+    margin = recipe.margin_um / scale.um_per_px * edge[0] / side  # in view pixels
+    # Distance to the cell's own mask: keep what lies within the margin.
     keep = ndimage.distance_transform_edt(~own) <= margin if own.any() else np.ones_like(own)
     if recipe.stain is not None:
-        window = _normalised(window, source, recipe)
-    window = np.where(keep[..., None], window, np.uint8(0)).astype(np.uint8)
-    view = resize_image(window, _view_size(side, size, recipe))
+        view = _normalised(view, source, recipe)
+    view = np.where(keep[..., None], view, np.uint8(0)).astype(np.uint8)
     notes = _scale_notes(scale, cell, recipe)
     return Prepared(
         resize_image(view, size),
         view,
-        _resize_mask(own, view.shape[:2]),
+        own,
         scale,
         len(found.cells),
         region,
@@ -170,10 +178,10 @@ def _centre(
     side = min(h, w)
     top, left = (h - side) // 2, (w - side) // 2
     region = (top, left, top + side, left + side)
-    window = image[top : top + side, left : left + side]
+    window = np.ascontiguousarray(image[top : top + side, left : left + side])
+    view = resize_image(window, _view_size(side, size, recipe))
     if recipe.stain is not None:
-        window = _normalised(window, source, recipe)
-    view = resize_image(np.ascontiguousarray(window), _view_size(side, size, recipe))
+        view = _normalised(view, source, recipe)
     empty = np.zeros(view.shape[:2], bool)
     return Prepared(resize_image(view, size), view, empty, scale, count, region, (NO_CELL,))
 
@@ -203,13 +211,13 @@ def _cut(image: UInt8Image, region: Box) -> UInt8Image:
     return out
 
 
-def _cut_mask(mask: npt.NDArray[np.bool_], region: Box) -> npt.NDArray[np.bool_]:
+def _cut_labels(labels: npt.NDArray[np.int32], region: Box) -> npt.NDArray[np.int32]:
     top, left, bottom, right = region
-    h, w = mask.shape
-    out = np.zeros((bottom - top, right - left), bool)
+    h, w = labels.shape
+    out = np.zeros((bottom - top, right - left), np.int32)
     y0, x0, y1, x1 = max(top, 0), max(left, 0), min(bottom, h), min(right, w)
     if y0 < y1 and x0 < x1:
-        out[y0 - top : y1 - top, x0 - left : x1 - left] = mask[y0:y1, x0:x1]
+        out[y0 - top : y1 - top, x0 - left : x1 - left] = labels[y0:y1, x0:x1]
     return out
 
 

@@ -13,8 +13,12 @@ label, when the field is in the training split).
 from __future__ import annotations
 
 import logging
+import multiprocessing
+import os
 from collections import Counter
-from dataclasses import dataclass, field
+from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +27,7 @@ import numpy.typing as npt
 from PIL import Image
 
 from allxai.contract.cellrecipe import CellRecipe
-from allxai.contract.cellview import cell_views, field_view
+from allxai.contract.cellview import Prepared, cell_views, field_view
 from allxai.contract.preprocessing import ImageError, decode_image
 from allxai.trainer.datasets import DatasetIndex, Sample
 
@@ -64,6 +68,62 @@ class LoadedImages:
         return np.concatenate([x, extra]), np.concatenate([y, self.labels[self.extra_owner[chosen]]])
 
 
+#: Below this many files, starting worker processes costs more than it saves.
+_PARALLEL_FROM = 64
+
+
+@dataclass(frozen=True)
+class _Field:
+    """What training keeps of one prepared file (not the views: they would cross processes for nothing)."""
+
+    inputs: list[npt.NDArray[np.uint8]]
+    first: Prepared
+    mode: str
+    size: str
+
+
+_Prepared = _Field | str
+
+
+def _prepare_file(
+    path: Path, input_size: tuple[int, int], recipe: CellRecipe | None, cells_per_field: int
+) -> _Prepared:
+    """One file's model inputs (the largest cell's first), what was found, its mode and size; or why it
+    cannot be used."""
+    try:
+        decoded = decode_image(path.read_bytes())  # first: its errors say in words what is wrong
+        with Image.open(path) as probe:
+            mode, size = probe.mode, f"{probe.size[0]}x{probe.size[1]}"
+        if recipe is None:
+            views = [field_view(decoded, input_size, locate=False)]
+        else:
+            views = cell_views(decoded, input_size, recipe, limit=max(1, cells_per_field))
+    except (ImageError, OSError) as exc:
+        return str(exc)
+    nothing = np.zeros((0, 0), bool)
+    first = replace(views[0], view=views[0].input, cell_mask=nothing)
+    return _Field([view.input for view in views], first, mode, size)
+
+
+def _prepared(
+    samples: list[Sample], input_size: tuple[int, int], recipe: CellRecipe | None, cells_per_field: int
+) -> Iterator[_Prepared]:
+    """Every sample prepared, in order; cell recipes on all cores (finding cells is most of the work).
+
+    Worker processes are spawned, not forked: the trainer has TensorFlow loaded by now, whose threads a
+    fork would copy in an unknown state; a spawned worker imports only the preprocessing.
+    """
+    args = (input_size, recipe, cells_per_field)
+    workers = min(os.cpu_count() or 1, 8)
+    if recipe is None or workers < 2 or len(samples) < _PARALLEL_FROM:
+        yield from (_prepare_file(sample.path, *args) for sample in samples)
+        return
+    paths = [sample.path for sample in samples]
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(workers, mp_context=context) as pool:
+        yield from pool.map(_prepare_file, paths, *([a] * len(paths) for a in args), chunksize=16)
+
+
 def load_samples(
     samples: list[Sample],
     input_size: tuple[int, int],
@@ -84,24 +144,16 @@ def load_samples(
     diameters: list[float | None] = []
     no_cell = 0
     flagged: list[bool] = []
-    for sample in samples:
-        try:
-            data = sample.path.read_bytes()
-            decoded = decode_image(data)  # first: its errors say in words what is wrong
-            with Image.open(sample.path) as probe:
-                mode, size = probe.mode, f"{probe.size[0]}x{probe.size[1]}"
-            if recipe is None:
-                views = [field_view(decoded, input_size)]
-            else:
-                views = cell_views(decoded, input_size, recipe, limit=max(1, cells_per_field))
-        except (ImageError, OSError) as exc:
-            skipped.append((str(sample.path), str(exc)))
-            log.warning("skipped %s: %s", sample.path, exc)
+    every = _prepared(samples, input_size, recipe, cells_per_field)
+    for sample, prepared in zip(samples, every, strict=True):
+        if isinstance(prepared, str):
+            skipped.append((str(sample.path), prepared))
+            log.warning("skipped %s: %s", sample.path, prepared)
             continue
-        first = views[0]
+        first, mode, size = prepared.first, prepared.mode, prepared.size
         images.append(first.input)
-        for view in views[1:]:
-            extra.append(view.input)
+        for crop in prepared.inputs[1:]:
+            extra.append(crop)
             owner.append(len(kept))
         scale = first.scale
         scales.append(None if scale is None else (scale.um_per_px, scale.source))
