@@ -14,9 +14,9 @@ import pytest
 from PIL import Image
 
 from allxai.client.cli import main as allxai_main
+from allxai.trainer.comparison import comparison_row, write_comparison
 from allxai.trainer.config import load_config
 from allxai.trainer.models import PAPER1_BACKBONES
-from allxai.trainer.reports import comparison_row, write_comparison
 from allxai.trainer.synthetic import make_cell_image
 from allxai.trainer.train import run
 from tests.conftest import REPO

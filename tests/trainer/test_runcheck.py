@@ -247,7 +247,7 @@ def test_compare_adds_the_run_check_columns_with_dashes_for_unchecked_runs(
 
 
 def test_compare_without_any_check_keeps_its_columns(model_base: Path, tmp_path: Path) -> None:
-    from allxai.trainer.reports import comparison_row, write_comparison
+    from allxai.trainer.comparison import comparison_row, write_comparison
 
     run = _run_folder(tmp_path, model_base)
     row = comparison_row(json.loads((run / "report.json").read_text()))

@@ -264,7 +264,7 @@ def test_write_run_report_without_test_uses_last_validation(tmp_path: Path) -> N
 
 
 def test_write_comparison(tmp_path: Path) -> None:
-    from allxai.trainer.reports import write_comparison
+    from allxai.trainer.comparison import write_comparison
 
     def stats(mean: float, sd: float) -> dict[str, float]:
         return {"mean": mean, "sd": sd}
@@ -306,7 +306,7 @@ def test_write_comparison(tmp_path: Path) -> None:
 
 
 def test_comparison_shows_the_held_out_test_beside_the_folds(tmp_path: Path) -> None:
-    from allxai.trainer.reports import comparison_row, write_comparison
+    from allxai.trainer.comparison import comparison_row, write_comparison
 
     fold = {"mean": 0.98, "sd": 0.01}
     report = {

@@ -75,7 +75,9 @@ def train_main(argv: Sequence[str]) -> int:
             if args.synthetic:
                 from allxai.trainer.synthetic import make_dataset  # noqa: PLC0415
 
-                data = make_dataset(Path(tmp), args.synthetic, size=config.input_size, seed=config.seed)
+                # A cell recipe crops a part of each field: draw fields larger than its input.
+                field = config.input_size * (2 if config.input == "cell" else 1)
+                data = make_dataset(Path(tmp), args.synthetic, size=field, seed=config.seed)
                 config = config.model_copy(update={"data": data, "layout": "folder"})
             result = run(config)
         except (ConfigError, DatasetError, ExportError, FileNotFoundError, ValueError) as exc:
@@ -188,7 +190,7 @@ def compare_main(argv: Sequence[str]) -> int:
     parser.add_argument("--out", type=Path, default=Path("reports/comparison"))
     args = parser.parse_args(argv)
 
-    from allxai.trainer.reports import comparison_row, write_comparison  # noqa: PLC0415
+    from allxai.trainer.comparison import comparison_row, write_comparison  # noqa: PLC0415
 
     def row(run: Path) -> dict[str, object]:
         # A run checked by `allxai check-run` adds its figures; an unchecked one shows dashes there.

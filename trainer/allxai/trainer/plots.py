@@ -144,7 +144,7 @@ def plot_confusion(
 def plot_comparison(rows: Sequence[Mapping[str, Any]], path: Path, metric: str = "accuracy") -> None:
     """Bars of each architecture's mean ``metric`` (in %) with its standard deviation over folds.
 
-    ``rows`` are `reports.write_comparison` rows: ``{"model", "summary": {metric: {"mean", "sd"}}}``;
+    ``rows`` are `comparison.write_comparison` rows: ``{"model", "summary": {metric: {"mean", "sd"}}}``;
     a model without the metric is drawn without a bar.
     """
     names = [str(row["model"]) for row in rows]
