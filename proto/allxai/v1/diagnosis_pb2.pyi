@@ -106,6 +106,30 @@ COMPOSITION_MODEL: Composition.ValueType  # 2
 """By the model's compose signature; only the masks go to the model."""
 Global___Composition: _TypeAlias = Composition  # noqa: Y015
 
+class _Evidence:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _EvidenceEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Evidence.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    EVIDENCE_UNSPECIFIED: _Evidence.ValueType  # 0
+    """Not said (a server from before this field)."""
+    EVIDENCE_FOUND: _Evidence.ValueType  # 1
+    """At least one weight stands clear of the model's numerical noise."""
+    EVIDENCE_NONE: _Evidence.ValueType  # 2
+    """No weight does (a blank image, one sample): the top superpixels are empty, the heatmap neutral."""
+
+class Evidence(_Evidence, metaclass=_EvidenceEnumTypeWrapper):
+    """Whether an explanation's weights carry any evidence."""
+
+EVIDENCE_UNSPECIFIED: Evidence.ValueType  # 0
+"""Not said (a server from before this field)."""
+EVIDENCE_FOUND: Evidence.ValueType  # 1
+"""At least one weight stands clear of the model's numerical noise."""
+EVIDENCE_NONE: Evidence.ValueType  # 2
+"""No weight does (a blank image, one sample): the top superpixels are empty, the heatmap neutral."""
+Global___Evidence: _TypeAlias = Evidence  # noqa: Y015
+
 @_typing.final
 class Image(_message.Message):
     """An encoded image as it comes from the microscope or the LIS."""
@@ -822,36 +846,49 @@ class ExplanationQuality(_message.Message):
     CELL_SHARE_FIELD_NUMBER: _builtins.int
     BACKGROUND_SHARE_FIELD_NUMBER: _builtins.int
     CORNER_SHARE_FIELD_NUMBER: _builtins.int
+    EVIDENCE_FIELD_NUMBER: _builtins.int
     r2: _builtins.float
-    """The surrogate's weighted R^2."""
+    """The surrogate's weighted R^2; absent when it is undefined (fewer than two samples)."""
     local_prediction: _builtins.float
     """The surrogate's probability of the label for the unperturbed image."""
     model_prediction: _builtins.float
     """The model's probability of the label for the unperturbed image."""
     stability: _builtins.float
-    """Mean Jaccard overlap of the top-k superpixels refitted on random halves of the samples."""
+    """Mean Jaccard overlap of the top-k superpixels refitted on random halves of the samples; absent
+    when it was not measured (fewer than 20 samples).
+    """
     cell_share: _builtins.float
     """Share of the positive weight on the cell."""
     background_share: _builtins.float
     """Share of the positive weight on the background."""
     corner_share: _builtins.float
     """Share of the positive weight in the image corners (where a scale bar sits)."""
+    evidence: Global___Evidence.ValueType
+    """Whether the weights carry evidence at all; EVIDENCE_NONE comes with a warning."""
     def __init__(
         self,
         *,
-        r2: _builtins.float = ...,
+        r2: _builtins.float | None = ...,
         local_prediction: _builtins.float = ...,
         model_prediction: _builtins.float = ...,
-        stability: _builtins.float = ...,
+        stability: _builtins.float | None = ...,
         cell_share: _builtins.float = ...,
         background_share: _builtins.float = ...,
         corner_share: _builtins.float = ...,
+        evidence: Global___Evidence.ValueType = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_r2", b"_r2", "_stability", b"_stability", "r2", b"r2", "stability", b"stability"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["background_share", b"background_share", "cell_share", b"cell_share", "corner_share", b"corner_share", "local_prediction", b"local_prediction", "model_prediction", b"model_prediction", "r2", b"r2", "stability", b"stability"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_r2", b"_r2", "_stability", b"_stability", "background_share", b"background_share", "cell_share", b"cell_share", "corner_share", b"corner_share", "evidence", b"evidence", "local_prediction", b"local_prediction", "model_prediction", b"model_prediction", "r2", b"r2", "stability", b"stability"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__r2: _TypeAlias = _typing.Literal["r2"]  # noqa: Y015
+    _WhichOneofArgType__r2: _TypeAlias = _typing.Literal["_r2", b"_r2"]  # noqa: Y015
+    _WhichOneofReturnType__stability: _TypeAlias = _typing.Literal["stability"]  # noqa: Y015
+    _WhichOneofArgType__stability: _TypeAlias = _typing.Literal["_stability", b"_stability"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__r2) -> _WhichOneofReturnType__r2 | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__stability) -> _WhichOneofReturnType__stability | None: ...
 
 Global___ExplanationQuality: _TypeAlias = ExplanationQuality  # noqa: Y015
 
@@ -938,7 +975,7 @@ class Explanation(_message.Message):
     intercept: _builtins.float
     """The surrogate's intercept."""
     score: _builtins.float
-    """The surrogate's R^2 on the weighted samples."""
+    """The surrogate's R^2 on the weighted samples; absent when it is undefined (fewer than two samples)."""
     local_prediction: _builtins.float
     """The surrogate's prediction for the unperturbed image."""
     stopped_early: _builtins.bool
@@ -977,7 +1014,7 @@ class Explanation(_message.Message):
         num_samples: _builtins.int = ...,
         num_segments: _builtins.int = ...,
         intercept: _builtins.float = ...,
-        score: _builtins.float = ...,
+        score: _builtins.float | None = ...,
         local_prediction: _builtins.float = ...,
         pictures: _abc.Iterable[Global___Picture] | None = ...,
         quality: Global___ExplanationQuality | None = ...,
@@ -985,11 +1022,13 @@ class Explanation(_message.Message):
         composition: Global___Composition.ValueType = ...,
         warnings: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["quality", b"quality"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_score", b"_score", "quality", b"quality", "score", b"score"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["composition", b"composition", "intercept", b"intercept", "label", b"label", "local_prediction", b"local_prediction", "num_samples", b"num_samples", "num_segments", b"num_segments", "pictures", b"pictures", "quality", b"quality", "score", b"score", "seed", b"seed", "stopped_early", b"stopped_early", "top_segments", b"top_segments", "warnings", b"warnings", "weights", b"weights"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_score", b"_score", "composition", b"composition", "intercept", b"intercept", "label", b"label", "local_prediction", b"local_prediction", "num_samples", b"num_samples", "num_segments", b"num_segments", "pictures", b"pictures", "quality", b"quality", "score", b"score", "seed", b"seed", "stopped_early", b"stopped_early", "top_segments", b"top_segments", "warnings", b"warnings", "weights", b"weights"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__score: _TypeAlias = _typing.Literal["score"]  # noqa: Y015
+    _WhichOneofArgType__score: _TypeAlias = _typing.Literal["_score", b"_score"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__score) -> _WhichOneofReturnType__score | None: ...
 
 Global___Explanation: _TypeAlias = Explanation  # noqa: Y015
 
