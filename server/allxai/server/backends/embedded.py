@@ -231,8 +231,12 @@ class EmbeddedBackend:
     async def _wait(
         parts: Sequence[Awaitable[npt.NDArray[np.float32]]], timeout: float | None, width: int
     ) -> npt.NDArray[np.float32]:
+        # asyncio.timeout, not wait_for: when the caller is cancelled, wait_for cancels the gather
+        # and never reads its outcome, so asyncio logs "_GatheringFuture exception was never
+        # retrieved" at ERROR for every cancelled call. Awaited directly, the outcome is read here.
         try:
-            results = await asyncio.wait_for(asyncio.gather(*parts), timeout)
+            async with asyncio.timeout(timeout):
+                results = await asyncio.gather(*parts)
         except TimeoutError as exc:
             raise DeadlineExceeded("the model did not answer within the deadline") from exc
         return np.concatenate(results, axis=0) if results else np.zeros((0, width), np.float32)

@@ -1,0 +1,93 @@
+"""Hardening, second round: clean logs on cancellation, an exclusive port, reflection v1, plaintext tokens,
+bounded identifiers, request ids, refusal logs and the drain, through the real gateway."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import grpc
+import pytest
+
+from allxai.v1 import diagnosis_pb2 as pb
+from allxai.v1 import diagnosis_pb2_grpc as pb_grpc
+from tests.conftest import RunningGateway
+from tests.support.client import _on_loop
+
+
+class Collect(logging.Handler):
+    """Every record the root logger sees, kept for the test."""
+
+    def __init__(self) -> None:
+        super().__init__(level=logging.DEBUG)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
+
+
+@pytest.fixture
+def logged() -> Iterator[Collect]:
+    from allxai.server.logs import RequestIdFilter
+
+    handler = Collect()
+    handler.addFilter(RequestIdFilter())
+    root = logging.getLogger()
+    old_level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.DEBUG)
+    try:
+        yield handler
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(old_level)
+
+
+def _explain(cell_png: bytes, samples: int, **extra: Any) -> pb.ExplainRequest:
+    options = pb.ExplainOptions(num_samples=samples, batch_size=10, seed=3)
+    return pb.ExplainRequest(image=pb.Image(data=cell_png), options=options, **extra)
+
+
+def _wait_until_idle(gateway: RunningGateway) -> None:
+    """Wait until the gateway handles no Explain call, then let its loop finish and collect garbage."""
+    registry = gateway.gateway.metrics.registry  # type: ignore[attr-defined]
+    until = time.monotonic() + 60
+    while time.monotonic() < until and any(
+        registry.get_sample_value("allxai_in_flight_requests", {"method": m})
+        for m in ("Explain", "StreamExplain")
+    ):
+        time.sleep(0.02)
+
+    async def settle() -> None:
+        for _ in range(20):  # loop turns (not time): the handlers' tasks end and drop their futures
+            await asyncio.sleep(0)
+        gc.collect()
+
+    _on_loop(gateway, settle())
+
+
+# --- item 6: no false ERROR lines -------------------------------------------------------------
+
+
+def test_cancelled_and_timed_out_explanations_log_no_errors(
+    gateway: RunningGateway, cell_png: bytes, logged: Collect
+) -> None:
+    with grpc.insecure_channel(gateway.target) as channel:
+        stub = pb_grpc.DiagnosisServiceStub(channel)
+        for timeout in (0.3, 0.6, 1.0):
+            with pytest.raises(grpc.RpcError) as info:
+                stub.Explain(_explain(cell_png, 10000), timeout=timeout)
+            assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        for _ in range(3):
+            stream = stub.StreamExplain(
+                pb.StreamExplainRequest(request=_explain(cell_png, 10000)), timeout=60
+            )
+            assert next(stream).HasField("progress")  # running: cancel it mid-way
+            stream.cancel()
+    _wait_until_idle(gateway)
+    errors = [f"{r.name}: {r.getMessage()}" for r in logged.records if r.levelno >= logging.ERROR]
+    assert not errors
