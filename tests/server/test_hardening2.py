@@ -6,8 +6,12 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -91,3 +95,40 @@ def test_cancelled_and_timed_out_explanations_log_no_errors(
     _wait_until_idle(gateway)
     errors = [f"{r.name}: {r.getMessage()}" for r in logged.records if r.levelno >= logging.ERROR]
     assert not errors
+
+
+# --- item 5: the listening port is exclusive --------------------------------------------------
+
+
+def test_a_second_gateway_on_a_port_in_use_fails_clearly(
+    gateway: RunningGateway, model_base: Path, tmp_path: Path
+) -> None:
+    from allxai.server.app import create_server
+    from allxai.server.settings import Settings
+
+    taken = Settings(host="127.0.0.1", port=gateway.port, metrics_port=0)
+
+    async def bind() -> None:
+        create_server(taken, gateway.gateway.backend)  # type: ignore[attr-defined]
+
+    with pytest.raises(OSError, match=f"cannot listen on 127.0.0.1:{gateway.port}: the port is in use"):
+        _on_loop(gateway, bind())
+
+    # And as a command: `allxai serve` on the session gateway's port exits 1 with that message.
+    env = {
+        **os.environ,
+        "ALLXAI_MODEL_BASE_PATH": str(model_base),
+        "ALLXAI_HOST": "127.0.0.1",
+        "ALLXAI_PORT": str(gateway.port),
+        "ALLXAI_METRICS_PORT": "0",
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "allxai.server"], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 1, done.stderr
+    assert "gateway failed: cannot listen on" in done.stderr
+    assert "serving" not in done.stderr
+    # The first gateway still answers.
+    with grpc.insecure_channel(gateway.target) as channel:
+        info = pb_grpc.DiagnosisServiceStub(channel).GetModelInfo(pb.GetModelInfoRequest(), timeout=30)
+        assert info.model.name == "allnet"

@@ -34,11 +34,30 @@ SERVICE_NAME = diagnosis_pb2.DESCRIPTOR.services_by_name["DiagnosisService"].ful
 LIVENESS_SERVICE = "allxai.liveness"
 
 
+#: gRPC sets SO_REUSEPORT by default, so a second gateway on a port in use would start and share its
+#: calls with the first; without it, binding a port in use fails, as the metrics port does.
+_EXCLUSIVE_PORT = ("grpc.so_reuseport", 0)
+
+
 def _options(settings: Settings) -> list[tuple[str, int]]:
     return [
         ("grpc.max_receive_message_length", settings.max_message_bytes),
         ("grpc.max_send_message_length", settings.max_message_bytes),
+        _EXCLUSIVE_PORT,
     ]
+
+
+def _bind(server: grpc.aio.Server, address: str, credentials: grpc.ServerCredentials | None) -> int:
+    """Bind ``address`` (TLS when credentials are given); a clear error when it cannot be bound."""
+    try:
+        if credentials is None:
+            return server.add_insecure_port(address)
+        return server.add_secure_port(address, credentials)
+    except RuntimeError as exc:  # grpcio says only "Failed to bind to address ..."
+        raise OSError(
+            f"cannot listen on {address}: the port is in use (another gateway?) or the address is not "
+            "available"
+        ) from exc
 
 
 def create_server(
@@ -71,13 +90,7 @@ def create_server(
         names.append(reflection.SERVICE_NAME)
         reflection.enable_server_reflection(names, server)
     address = f"{settings.host}:{settings.port}"
-    credentials = server_credentials(settings)
-    # grpcio raises when the address cannot be bound.
-    if credentials is None:
-        port = server.add_insecure_port(address)
-    else:
-        port = server.add_secure_port(address, credentials)
-    return server, port
+    return server, _bind(server, address, server_credentials(settings))
 
 
 def make_backend(settings: Settings) -> Backend:
@@ -139,9 +152,9 @@ class Gateway:
         self.health_port = 0
         if settings.health_port and settings.enable_health:
             # Plaintext and health only: kubelet's gRPC probes cannot speak TLS or send tokens.
-            self.health_server = grpc.aio.server()
+            self.health_server = grpc.aio.server(options=[_EXCLUSIVE_PORT])
             health_pb2_grpc.add_HealthServicer_to_server(self.health, self.health_server)
-            self.health_port = self.health_server.add_insecure_port(f"{settings.host}:{settings.health_port}")
+            self.health_port = _bind(self.health_server, f"{settings.host}:{settings.health_port}", None)
         self.metrics_port = 0
         self._metrics_http: WSGIServer | None = None
         self._monitor: asyncio.Task[None] | None = None
