@@ -7,7 +7,6 @@ makes the exit status 1. Progress bars (tqdm) go to standard error, and only to 
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 from collections.abc import Iterable, Iterator
@@ -177,7 +176,8 @@ def explain(client: Client, args: argparse.Namespace) -> int:
         run.say(
             f"{f'{image.path}: ' if many else ''}{out.cell_line(record)} (explained {result.label} with "
             f"{result.num_samples} samples, seed {result.seed}; top superpixels {result.top_segments}; "
-            f"surrogate R2 {q['r2']:.2f}, stability {q['stability']:.2f}; positive weight on the cell "
+            f"surrogate R2 {_figure(q.get('r2'))}, stability {_figure(q.get('stability'))}; "
+            f"positive weight on the cell "
             f"{q['cell_share']:.0%}, background {q['background_share']:.0%}, corners {q['corner_share']:.0%})"
         )
         for warning in result.warnings:
@@ -231,5 +231,10 @@ def info(client: Client, args: argparse.Namespace) -> int:
         "available_versions": described.available_versions,
         "card": described.card,
     }
-    print(json.dumps(document, indent=2))
+    print(out.json_text(document), end="")  # a model card's NaN becomes null: JSON has no NaN
     return 0
+
+
+def _figure(value: float | None) -> str:
+    """A quality figure to two places, or "none" where it is undefined or was not measured."""
+    return "none" if value is None or math.isnan(value) else f"{value:.2f}"

@@ -13,6 +13,15 @@ from allxai.client import _results as r
 from allxai.v1 import diagnosis_pb2 as pb
 
 _PICTURE_NAMES = {kind: name for name, kind in r.PICTURE_KINDS.items()}
+_QUALITY = (
+    "r2",
+    "local_prediction",
+    "model_prediction",
+    "stability",
+    "cell_share",
+    "background_share",
+    "corner_share",
+)
 
 
 def client_error(exc: grpc.RpcError, image_offset: int = 0) -> r.AllxaiClientError:
@@ -169,17 +178,16 @@ def explain_result(response: pb.ExplainResponse | None) -> r.ExplainResult:
         top_segments=list(e.top_segments),
         seed=e.seed,
         num_samples=e.num_samples,
-        score=e.score,
+        # The surrogate's R² is absent when undefined (one sample): NaN here, null in JSON.
+        score=e.score if e.HasField("score") else math.nan,
         pictures={_PICTURE_NAMES[p.kind]: p.png for p in e.pictures},
+        # A figure the server did not have (R² of one sample, stability under 20) is left out.
         quality={
-            "r2": q.r2,
-            "local_prediction": q.local_prediction,
-            "model_prediction": q.model_prediction,
-            "stability": q.stability,
-            "cell_share": q.cell_share,
-            "background_share": q.background_share,
-            "corner_share": q.corner_share,
+            name: getattr(q, name)
+            for name in _QUALITY
+            if name not in ("r2", "stability") or q.HasField(name)  # type: ignore[arg-type]
         },
+        no_evidence=q.evidence == pb.EVIDENCE_NONE,
         stopped_early=e.stopped_early,
         warnings=list(e.warnings),
     )

@@ -129,6 +129,7 @@ def explain_record(
         "stopped_early": result.stopped_early,
         "top_segments": result.top_segments,
         **{q: result.quality.get(q) for q in _QUALITY},
+        "no_evidence": result.no_evidence,
         "warnings": list(result.warnings),
         "pictures": {kind: str(path) for kind, path in pictures.items()},
     }

@@ -203,6 +203,8 @@ class ExplainResult:
     #: What the reader must know, in words (the image lies outside the training domain, the surrogate
     #: fits poorly, ...); empty when there is nothing to say.
     warnings: list[str] = field(default_factory=list)
+    #: No weight stands clear of the model's numerical noise: ``top_segments`` is empty (a warning says so).
+    no_evidence: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dictionary (no NaN); the pictures are left out (they are PNG bytes)."""
@@ -217,6 +219,7 @@ class ExplainResult:
                 "score": self.score,
                 "quality": self.quality,
                 "stopped_early": self.stopped_early,
+                "no_evidence": self.no_evidence,
                 "warnings": list(self.warnings),
             }
         )

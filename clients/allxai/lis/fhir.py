@@ -21,6 +21,7 @@ The resources themselves are built in ``allxai.lis._fhir_resources``; this modul
 from __future__ import annotations
 
 import base64
+import math
 from typing import Any
 
 from fhir.resources.R4B.bundle import Bundle
@@ -71,9 +72,10 @@ def build_bundle(report: LabReport) -> Bundle:
         results.append(r.cell(report.cell, "cell", report.cell.image_id))
     if report.explanation is not None:
         e = report.explanation
+        r2 = "undefined" if math.isnan(e.score) else f"{e.score:.3f}"  # one sample has no R²
         note = (
             f"LIME explanation of {report.display(e.label)}: {e.num_samples} samples, seed {e.seed}, "
-            f"surrogate R2 {e.score:.3f}, top superpixels {', '.join(str(s) for s in e.top_segments)}"
+            f"surrogate R2 {r2}, top superpixels {', '.join(str(s) for s in e.top_segments)}"
         )
         quality = [
             {

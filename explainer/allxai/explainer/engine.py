@@ -194,10 +194,12 @@ async def explain(
         settings,
         cells,
     )
+    # Weights that are only noise rank nothing: no superpixel is shown as the evidence.
+    shown = top_segments(fit.weights, settings.top_k, settings.positive_only)
     return ExplanationResult(
         label_index=target,
         weights=fit.weights,
-        top_segments=top_segments(fit.weights, settings.top_k, settings.positive_only),
+        top_segments=[] if measured.no_evidence else shown,
         segments=segments,
         intercept=fit.intercept,
         score=fit.score,

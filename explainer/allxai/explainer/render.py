@@ -50,7 +50,12 @@ def mask_image(image: npt.NDArray[np.uint8], result: ExplanationResult) -> npt.N
 
 
 def heatmap(result: ExplanationResult) -> npt.NDArray[np.uint8]:
-    """Each superpixel coloured by its weight: red for the label, blue against it, white for none."""
+    """Each superpixel coloured by its weight: red for the label, blue against it, white for none.
+
+    The colours are scaled to the largest weight; weights that are only noise (the quality's
+    ``no_evidence``) would be blown up to full colour that way, so they give an all-white map."""
+    if result.quality is not None and result.quality.no_evidence:
+        return np.full((*result.segments.shape, 3), 255, np.uint8)
     table = dict(result.weights)
     scale = max((abs(w) for w in table.values()), default=0.0) or 1.0
     ids = np.arange(int(result.segments.max()) + 1)

@@ -3,6 +3,9 @@ distance to the unperturbed row, its feature selection, its weighted ridge regre
 
 from __future__ import annotations
 
+import logging
+import threading
+import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -11,6 +14,12 @@ import sklearn.metrics
 from lime import lime_base
 
 KERNEL_WIDTH = 0.25
+
+_log = logging.getLogger(__name__)
+# warnings.catch_warnings swaps process-wide state (before Python 3.14): two threads entering and
+# leaving it out of order would leave a filter behind, so the fits that catch warnings take turns.
+# A fit takes milliseconds; the lock costs nothing the model would notice.
+_WARNINGS = threading.Lock()
 
 
 def _kernel(d: npt.NDArray[np.float64]) -> npt.NDArray[np.float64]:
@@ -36,12 +45,22 @@ def fit(
     num_features: int = 100000,
     feature_selection: str = "auto",
 ) -> SurrogateFit:
-    """Fit as ``LimeImageExplainer.explain_instance`` does after its sampling."""
-    distances = sklearn.metrics.pairwise_distances(masks, masks[0].reshape(1, -1), metric="cosine").ravel()
-    base = lime_base.LimeBase(_kernel, verbose=False, random_state=random_state)
-    intercept, exp, score, local_pred = base.explain_instance_with_data(
-        masks, probs, distances, label, num_features, feature_selection=feature_selection
-    )
+    """Fit as ``LimeImageExplainer.explain_instance`` does after its sampling.
+
+    What sklearn or numpy warn about on degenerate samples (R² of one sample is undefined, ...) is
+    logged at DEBUG, not printed on the server's stderr: the quality figures say it to the reader.
+    """
+    with _WARNINGS, warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        distances = sklearn.metrics.pairwise_distances(
+            masks, masks[0].reshape(1, -1), metric="cosine"
+        ).ravel()
+        base = lime_base.LimeBase(_kernel, verbose=False, random_state=random_state)
+        intercept, exp, score, local_pred = base.explain_instance_with_data(
+            masks, probs, distances, label, num_features, feature_selection=feature_selection
+        )
+    for warning in caught:
+        _log.debug("surrogate fit on %d samples: %s", len(masks), warning.message)
     return SurrogateFit(
         float(intercept), [(int(s), float(w)) for s, w in exp], float(score), float(np.ravel(local_pred)[0])
     )

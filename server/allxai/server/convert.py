@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 import time
 import uuid
@@ -170,17 +171,27 @@ def explain_options(message: pb.ExplainOptions) -> ExplainOptions:
 
 
 def quality(quality: Quality | None) -> pb.ExplanationQuality | None:
+    """The quality figures; R² and stability stay absent when there are none (never NaN on the wire)."""
     if quality is None:
         return None
-    return pb.ExplanationQuality(
-        r2=quality.r2,
+    out = pb.ExplanationQuality(
         local_prediction=quality.local_prediction,
         model_prediction=quality.model_prediction,
-        stability=quality.stability,
         cell_share=quality.cell_share,
         background_share=quality.background_share,
         corner_share=quality.corner_share,
+        evidence=pb.EVIDENCE_NONE if quality.no_evidence else pb.EVIDENCE_FOUND,
     )
+    if quality.r2 is not None:
+        out.r2 = quality.r2
+    if quality.stability is not None:
+        out.stability = quality.stability
+    return out
+
+
+def _finite(value: float) -> float | None:
+    # An R² of one sample is NaN: absent on the wire, where proto JSON would write the string "NaN".
+    return value if math.isfinite(value) else None
 
 
 def explain_response(
@@ -217,7 +228,7 @@ def explain_response(
             num_samples=result.num_samples,
             num_segments=int(result.segments.max()) + 1,
             intercept=result.intercept,
-            score=result.score,
+            score=_finite(result.score),
             local_prediction=result.local_prediction,
             pictures=pictures,
             quality=quality(result.quality),

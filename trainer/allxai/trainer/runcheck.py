@@ -113,8 +113,9 @@ def choose_images(paths: list[str], class_names: tuple[str, ...], count: int, se
     return chosen
 
 
-def _spread(values: list[float]) -> dict[str, float | None]:
-    """Median and quartiles; None for an empty list."""
+def _spread(given: list[float | None]) -> dict[str, float | None]:
+    """Median and quartiles of the figures there are; None when there are none."""
+    values = [v for v in given if v is not None]
     if not values:
         return {"median": None, "q1": None, "q3": None}
     q1, median, q3 = np.percentile(values, [25, 50, 75])
@@ -146,7 +147,8 @@ async def _explain_all(
                 "predicted": predicted,
                 "probability": float(result.probabilities[result.label_index]),
                 "notes": list(prepared.notes),
-                **{name: float(getattr(quality, name)) for name in (*QUALITY, "stability")},
+                # R² and stability are None where the explanation could not have them.
+                **{name: getattr(quality, name) for name in (*QUALITY, "stability")},
             }
         )
         if len(drawn) < OVERLAYS:
