@@ -112,19 +112,52 @@ def test_level_report_per_method_and_renderers() -> None:
         CallRecord("Explain", 0.06, 0.02, "RESOURCE_EXHAUSTED", "too many explanations"),
     ]
     level = level_report(records, concurrency=4, rate=None, elapsed=2.0, sent=34, stopped_by="count", bins=5)
-    assert level.overall.count == 32 and level.unfinished == 2 and level.overall.rps == 16.0
-    assert [(s.scope, s.count, s.errors) for s in level.methods] == [("Classify", 30, 0), ("Explain", 2, 1)]
-    assert sum(b.count for b in level.overall.histogram) == 32
+    assert level.overall.count == 32 and level.unfinished == 2
+    assert (level.overall.ok, level.overall.failed, level.overall.rps) == (31, 1, 15.5)
+    assert [(s.scope, s.count, s.failed) for s in level.methods] == [("Classify", 30, 0), ("Explain", 2, 1)]
+    assert sum(b.count for b in level.overall.histogram) == 31
 
     meta = {"target": "t:1", "images": 3, "mix": "classify=0.9,explain=0.1"}
     text = render_text([level, level], meta)
     assert "Sweep:" in text and "RESOURCE_EXHAUSTED" in text and "1 x too many explanations" in text
-    assert "Latency histogram, Explain (ms):" in text and "2 cancelled in flight" in text
+    assert "Latency histogram, Explain (ms, OK calls):" in text and "2 cancelled in flight" in text
+    assert "32 calls in 2.00 s: 31 OK, 15.5/s, 1 failed" in text and "Failed calls" in text
     data = json.loads(render_json([level], meta))
     assert data["target"] == "t:1" and data["levels"][0]["overall"]["latency_ms"]["max"] == 500.0
     rows = list(csv.DictReader(io.StringIO(render_csv([level]))))
     assert [r["method"] for r in rows] == ["all", "Classify", "Explain"]
-    assert rows[2]["errors"] == "1" and rows[2]["codes"] == "OK:1;RESOURCE_EXHAUSTED:1"
+    assert (rows[2]["count"], rows[2]["ok"], rows[2]["failed"]) == ("2", "1", "1")
+    assert rows[2]["codes"] == "OK:1;RESOURCE_EXHAUSTED:1" and rows[2]["min_ms"] == "500.0"
+
+
+def test_failures_are_reported_apart_from_throughput_and_latency() -> None:
+    # Fast refusals must not make the server look fast: 10 answers of 100 ms, 30 refusals of 1 ms.
+    records = [CallRecord("Classify", i * 0.1, 0.1, "OK") for i in range(10)] + [
+        CallRecord("Classify", 0.01 * i, 0.001, "UNAVAILABLE" if i % 3 else "DEADLINE_EXCEEDED", "down")
+        for i in range(30)
+    ]
+    level = level_report(records, concurrency=2, rate=None, elapsed=2.0, sent=40, stopped_by="count")
+    o = level.overall
+    assert (o.count, o.ok, o.failed) == (40, 10, 30)
+    assert o.rps == pytest.approx(5.0)  # OK calls per second, not 20
+    assert (
+        o.latency is not None and o.latency.min == pytest.approx(0.1) and o.latency.p50 == pytest.approx(0.1)
+    )
+    assert o.failed_latency is not None and o.failed_latency.max == pytest.approx(0.001)
+    assert sum(b.count for b in o.histogram) == 10
+    assert [(c.code, c.count) for c in o.codes] == [
+        ("OK", 10),
+        ("UNAVAILABLE", 20),
+        ("DEADLINE_EXCEEDED", 10),
+    ]
+    summary = json.loads(render_json([level], {}))["levels"][0]["overall"]
+    assert (summary["ok"], summary["failed"], summary["rps"]) == (10, 30, 5.0)
+    assert summary["latency_ms"]["p99"] == pytest.approx(100.0)
+    assert summary["failed_latency_ms"]["p50"] == pytest.approx(1.0)
+    # All calls failed: no latency and no throughput to show, but every failure counted.
+    refused = level_report(records[10:], concurrency=2, rate=None, elapsed=1.0, sent=30, stopped_by="count")
+    assert refused.overall.latency is None and refused.overall.rps == 0.0 and refused.overall.failed == 30
+    assert "0 OK, 0.0/s, 30 failed" in render_text([refused], {})
 
 
 def test_histogram_bars_scale_to_the_largest_bin() -> None:
@@ -379,7 +412,8 @@ def images(tmp_path: Path, cell_png: bytes) -> Path:
 def _check_summary(summary: dict[str, Any]) -> None:
     latency = summary["latency_ms"]
     assert sum(c["count"] for c in summary["codes"]) == summary["count"]
-    assert sum(b["count"] for b in summary["histogram_ms"]) == summary["count"]
+    assert summary["ok"] + summary["failed"] == summary["count"]
+    assert sum(b["count"] for b in summary["histogram_ms"]) == summary["ok"]
     assert (
         latency["min"]
         <= latency["p50"]
@@ -444,7 +478,7 @@ def test_a_sweep_as_csv_and_text(
     assert main([*args, "--mix", "specimen", "--specimen-size", "4"]) == 0
     text = capsys.readouterr().out
     assert "Sweep:" in text and "concurrency 2: 12 calls" in text and "ClassifySpecimen" in text
-    assert "Latency histogram, all (ms):" in text and "∎" in text
+    assert "Latency histogram, all (ms, OK calls):" in text and "∎" in text
 
 
 def test_an_undecodable_image_shows_in_the_codes(
@@ -589,7 +623,10 @@ def test_tls_with_a_bearer_token(
     }
     monkeypatch.setenv("ALLXAI_TOKEN", "wrong")
     assert main([*args, "--format", "json", "-o", str(out)]) == 1
-    (code,) = json.loads(out.read_text())["levels"][0]["overall"]["codes"]
+    overall = json.loads(out.read_text())["levels"][0]["overall"]
+    assert (overall["ok"], overall["failed"], overall["rps"]) == (0, 6, 0.0)
+    assert set(overall["latency_ms"].values()) == {None}  # refusals are not latency
+    (code,) = overall["codes"]
     assert code == {
         "code": "UNAUTHENTICATED",
         "count": 6,

@@ -1,4 +1,7 @@
-"""Load-test reports as text (in the manner of ghz), JSON and CSV: pure functions from reports to strings."""
+"""Load-test reports as text (in the manner of ghz), JSON and CSV: pure functions from reports to strings.
+
+Calls/s and latency are the successful calls'; failed calls are reported apart, by status code.
+"""
 
 from __future__ import annotations
 
@@ -20,10 +23,10 @@ CSV_COLUMNS = (
     "rate",
     "method",
     "count",
+    "ok",
+    "failed",
     "rps",
     *(f"{name}_ms" for name in _STAT_NAMES),
-    "ok",
-    "errors",
     "codes",
 )
 
@@ -41,13 +44,15 @@ def _codes_line(summary: Summary) -> str:
 
 
 def summary_dict(summary: Summary) -> dict[str, Any]:
-    """A JSON-ready summary; latencies in milliseconds."""
+    """A JSON-ready summary; latencies in milliseconds, of the OK calls (the failed ones' apart)."""
     return {
         "method": summary.scope,
         "count": summary.count,
+        "ok": summary.ok,
+        "failed": summary.failed,
         "rps": round(summary.rps, 3),
-        "errors": summary.errors,
         "latency_ms": _latency_ms(summary.latency),
+        "failed_latency_ms": _latency_ms(summary.failed_latency),
         "histogram_ms": [
             {"low": _ms(b.low), "high": _ms(b.high), "count": b.count} for b in summary.histogram
         ],
@@ -101,10 +106,10 @@ def render_csv(levels: Sequence[LevelReport]) -> str:
                     "" if level.rate is None else level.rate,
                     summary.scope,
                     summary.count,
+                    summary.ok,
+                    summary.failed,
                     round(summary.rps, 3),
                     *("" if latency[name] is None else latency[name] for name in _STAT_NAMES),
-                    summary.count - summary.errors,
-                    summary.errors,
                     _codes_line(summary),
                 ]
             )
@@ -127,13 +132,21 @@ def histogram_lines(buckets: Sequence[Bucket]) -> list[str]:
     return lines
 
 
+def _cells(stats: LatencyStats | None, names: Sequence[str] = _STAT_NAMES) -> str:
+    latency = _latency_ms(stats)
+    return "".join(f"{'-' if latency[n] is None else f'{latency[n]:.1f}':>9}" for n in names)
+
+
 def _table(summaries: Sequence[Summary]) -> list[str]:
-    header = f"  {'method':<18}{'count':>7}{'rps':>9}" + "".join(f"{n:>9}" for n in _STAT_NAMES)
-    lines = [header + "  (ms)"]
-    for s in summaries:
-        latency = _latency_ms(s.latency)
-        cells = "".join(f"{'-' if latency[n] is None else f'{latency[n]:.1f}':>9}" for n in _STAT_NAMES)
-        lines.append(f"  {s.scope:<18}{s.count:>7}{s.rps:>9.1f}{cells}")
+    # rps and latency over the OK calls: a refusal in 2 ms is not a fast answer.
+    header = f"  {'method':<18}{'ok':>7}{'rps':>9}" + "".join(f"{n:>9}" for n in _STAT_NAMES)
+    lines = [header + "  (ms, OK calls)"]
+    lines += [f"  {s.scope:<18}{s.ok:>7}{s.rps:>9.1f}{_cells(s.latency)}" for s in summaries]
+    failing = [s for s in summaries if s.failed]
+    if failing:
+        lines += ["", "Failed calls (not in the figures above):"]
+        lines.append(f"  {'method':<18}{'failed':>7}{'':>9}" + "".join(f"{n:>9}" for n in _STAT_NAMES))
+        lines += [f"  {s.scope:<18}{s.failed:>7}{'':>9}{_cells(s.failed_latency)}" for s in failing]
     return lines
 
 
@@ -155,9 +168,11 @@ def _level_title(level: LevelReport) -> str:
         else (f"concurrency {level.concurrency}")
     )
     cut = f", {level.unfinished} cancelled in flight" if level.unfinished else ""
+    o = level.overall
+    failed = f", {o.failed} failed" if o.failed else ""
     return (
-        f"{mode}: {level.overall.count} calls in {level.elapsed:.2f} s, "
-        f"{level.overall.rps:.1f}/s (stopped by {level.stopped_by}{cut})"
+        f"{mode}: {o.count} calls in {level.elapsed:.2f} s: {o.ok} OK, {o.rps:.1f}/s{failed} "
+        f"(stopped by {level.stopped_by}{cut})"
     )
 
 
@@ -166,7 +181,7 @@ def render_level(level: LevelReport) -> str:
     scopes = [level.overall, *level.methods]
     lines = [_level_title(level), "", "Latency:", *_table(scopes), "", *_codes_table(scopes)]
     for s in scopes:
-        lines += ["", f"Latency histogram, {s.scope} (ms):", *histogram_lines(s.histogram)]
+        lines += ["", f"Latency histogram, {s.scope} (ms, OK calls):", *histogram_lines(s.histogram)]
     return "\n".join(lines) + "\n"
 
 
@@ -176,13 +191,13 @@ def render_text(levels: Sequence[LevelReport], meta: dict[str, Any]) -> str:
     parts = [f"allxai load test of {target}: {images} images, mix {mix}\n"]
     if len(levels) > 1:
         rows = [
-            f"  {'concurrency':>11}{'count':>7}{'rps':>9}{'p50':>9}{'p90':>9}{'p99':>9}{'errors':>8}  (ms)"
+            f"  {'concurrency':>11}{'ok':>7}{'rps':>9}{'p50':>9}{'p90':>9}{'p99':>9}{'failed':>8}"
+            "  (ms, OK calls)"
         ]
         for level in levels:
             o = level.overall
-            lat = _latency_ms(o.latency)
-            cells = "".join(f"{'-' if lat[n] is None else f'{lat[n]:.1f}':>9}" for n in ("p50", "p90", "p99"))
-            rows.append(f"  {level.concurrency:>11}{o.count:>7}{o.rps:>9.1f}{cells}{o.errors:>8}")
+            cells = _cells(o.latency, ("p50", "p90", "p99"))
+            rows.append(f"  {level.concurrency:>11}{o.ok:>7}{o.rps:>9.1f}{cells}{o.failed:>8}")
         parts.append("Sweep:\n" + "\n".join(rows) + "\n")
     parts.extend(render_level(level) for level in levels)
     return "\n".join(parts)

@@ -1,6 +1,9 @@
 """Statistics of a load test: plain functions over recorded calls, no I/O (the runner is ``loadtest``).
 
-Latencies are in seconds here; the renderers in ``loadreport`` show milliseconds.
+Throughput, latency percentiles and the histogram are over successful calls only; failed calls are
+counted apart, by status code, with their own latency. A server that refuses calls fast would otherwise
+look faster and busier than one that answers them. Latencies are in seconds here; the renderers in
+``loadreport`` show milliseconds.
 """
 
 from __future__ import annotations
@@ -66,19 +69,25 @@ class CodeCount:
 
 @dataclass(frozen=True)
 class Summary:
-    """Everything reported for one scope of a level: ``all`` calls, or one method's."""
+    """Everything reported for one scope of a level: ``all`` calls, or one method's.
+
+    ``count``: finished calls, failed ones included; ``ok``: those that ended OK. ``rps``, ``latency``
+    and ``histogram`` cover the OK calls only; ``failed_latency`` the others, and ``codes`` all of them.
+    """
 
     scope: str
     count: int
+    ok: int
     rps: float
     latency: LatencyStats | None
     histogram: list[Bucket]
     codes: list[CodeCount]
+    failed_latency: LatencyStats | None = None
 
     @property
-    def errors(self) -> int:
+    def failed(self) -> int:
         """Calls that did not end OK."""
-        return sum(c.count for c in self.codes if c.code != "OK")
+        return self.count - self.ok
 
 
 @dataclass(frozen=True)
@@ -176,17 +185,21 @@ def code_distribution(records: Iterable[CallRecord]) -> list[CodeCount]:
 def summarize(scope: str, records: Sequence[CallRecord], elapsed: float, bins: int = 10) -> Summary:
     """The summary of ``records`` over ``elapsed`` seconds of wall time.
 
-    Latency covers every finished call, failed ones included (as ghz does): a fast refusal is part of what
-    clients saw. The status-code distribution tells how many of them failed.
+    Throughput and latency are the successful calls' (unlike ghz, which mixes in failures: a fast
+    refusal would pull the percentiles down and the throughput up). Failures are counted by status
+    code, with their own latency beside.
     """
-    latencies = [r.latency for r in records]
+    ok = [r.latency for r in records if r.code == "OK"]
+    failed = [r.latency for r in records if r.code != "OK"]
     return Summary(
         scope=scope,
         count=len(records),
-        rps=len(records) / elapsed if elapsed > 0 else 0.0,
-        latency=latency_stats(latencies),
-        histogram=histogram(latencies, bins),
+        ok=len(ok),
+        rps=len(ok) / elapsed if elapsed > 0 else 0.0,
+        latency=latency_stats(ok),
+        histogram=histogram(ok, bins),
         codes=code_distribution(records),
+        failed_latency=latency_stats(failed),
     )
 
 

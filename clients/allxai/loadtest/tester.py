@@ -229,7 +229,7 @@ def main(argv: list[str] | None = None) -> int:
             )
     if interrupted:
         return EXIT_INTERRUPTED
-    return 1 if any(level.overall.errors for level in levels) else 0
+    return 1 if any(level.overall.failed for level in levels) else 0
 
 
 if __name__ == "__main__":
