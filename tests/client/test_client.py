@@ -181,9 +181,17 @@ def test_a_large_specimen_goes_in_batches_and_joins_into_one_summary(
         three = batched.classify_specimen(images, "S", ids)
         assert [c.image_id for c in three.cells] == ids
         assert {c.request_id for c in three.cells}.__len__() == 3  # three calls
-        assert [c.scores for c in three.cells] == [c.scores for c in one.cells]
+        # A model's float32 scores differ in the 7th or 8th digit with what they are batched with:
+        # the same cells, the same classes, scores equal to a tolerance.
+        for a, b in zip(three.cells, one.cells, strict=True):
+            assert list(a.scores) == list(b.scores)
+            assert list(a.scores.values()) == pytest.approx(list(b.scores.values()), abs=1e-5)
         assert three.counts == one.counts and three.blast_fraction == pytest.approx(one.blast_fraction)
-        assert three.review_first == one.review_first
+        # The review order is by confidence, where near-equal cells may swap: the same cells, and the
+        # joined order the gateway's (outside the domain first, then least confident).
+        assert sorted(three.review_first) == sorted(one.review_first)
+        keys = [(three.cells[i].in_domain is not False, three.cells[i].confidence) for i in three.review_first]
+        assert keys == sorted(keys)
         # The gateway names a bad image by its index in its call; the SDK by its index in the specimen.
         with pytest.raises(AllxaiClientError, match=r"INVALID_ARGUMENT: images\[4\]\.data") as caught:
             batched.classify_specimen([*images[:4], b"junk", images[5]])
@@ -383,6 +391,7 @@ async def test_bearer_token_over_tls_and_explicitly_over_plaintext(
         assert caught.value.code == "UNAUTHENTICATED"
     with pytest.raises(ValueError, match="clear text"):
         Client("127.0.0.1:1", token="s3cret")
-    with gateway_server(gateway, auth_mode="token", auth_tokens="s3cret") as target:
+    plaintext = {"auth_allow_plaintext_tokens": True}
+    with gateway_server(gateway, auth_mode="token", auth_tokens="s3cret", **plaintext) as target:
         async with AsyncClient(target, token="s3cret", allow_plaintext_token=True) as client:
             assert (await client.model_info()).name == "allnet"

@@ -141,7 +141,7 @@ def test_logs_carry_request_ids_but_never_images_identifiers_or_secrets(
     bad = pb.Image(data=b"\x89PNG\r\n\x1a\n" + b"SENTINEL-BYTES" * 20, image_id=IMAGE_ID)
     try:
         with (
-            served(gateway, auth_mode="token", auth_tokens=TOKEN) as target,
+            served(gateway, auth_mode="token", auth_tokens=TOKEN, auth_allow_plaintext_tokens=True) as target,
             grpc.insecure_channel(target) as ch,
         ):
             stub = pb_grpc.DiagnosisServiceStub(ch)
@@ -180,7 +180,7 @@ def test_reflection_needs_the_token_too_and_odd_request_ids_are_replaced(
 
     request = reflection_pb2.ServerReflectionRequest(list_services="")
     with (
-        served(gateway, auth_mode="token", auth_tokens="t0ken") as target,
+        served(gateway, auth_mode="token", auth_tokens="t0ken", auth_allow_plaintext_tokens=True) as target,
         grpc.insecure_channel(target) as ch,
     ):
         reflect = reflection_pb2_grpc.ServerReflectionStub(ch)
@@ -211,7 +211,7 @@ def test_health_needs_no_token_and_health_and_reflection_can_be_switched_off(
     from allxai.server.app import Gateway
 
     with (
-        served(gateway, auth_mode="token", auth_tokens="t0ken") as target,
+        served(gateway, auth_mode="token", auth_tokens="t0ken", auth_allow_plaintext_tokens=True) as target,
         grpc.insecure_channel(target) as ch,
     ):
         # This factory-made server has no health servicer: UNIMPLEMENTED, not UNAUTHENTICATED.
@@ -229,7 +229,7 @@ def test_health_needs_no_token_and_health_and_reflection_can_be_switched_off(
         await gw._set_health(health_pb2.HealthCheckResponse.SERVING)
         return gw
 
-    gw = _on_loop(gateway, start(auth_mode="token", auth_tokens="t0ken"))
+    gw = _on_loop(gateway, start(auth_mode="token", auth_tokens="t0ken", auth_allow_plaintext_tokens=True))
     try:
         with grpc.insecure_channel(f"127.0.0.1:{gw.port}") as ch:
             reply = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=5)

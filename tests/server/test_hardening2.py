@@ -21,6 +21,7 @@ from allxai.v1 import diagnosis_pb2 as pb
 from allxai.v1 import diagnosis_pb2_grpc as pb_grpc
 from tests.conftest import RunningGateway
 from tests.support.client import _on_loop
+from tests.support.client import gateway_server as served
 
 
 class Collect(logging.Handler):
@@ -132,3 +133,90 @@ def test_a_second_gateway_on_a_port_in_use_fails_clearly(
     with grpc.insecure_channel(gateway.target) as channel:
         info = pb_grpc.DiagnosisServiceStub(channel).GetModelInfo(pb.GetModelInfoRequest(), timeout=30)
         assert info.model.name == "allnet"
+
+
+# --- item 11: reflection v1 beside v1alpha ----------------------------------------------------
+
+V1_METHOD = "/grpc.reflection.v1.ServerReflection/ServerReflectionInfo"
+
+
+def _reflect_v1(channel: grpc.Channel, request: Any, **kwargs: Any) -> list[Any]:
+    from grpc_reflection.v1alpha import reflection_pb2
+
+    # v1's messages are v1alpha's, field for field: the v1alpha classes read and write v1's bytes.
+    call = channel.stream_stream(
+        V1_METHOD,
+        request_serializer=reflection_pb2.ServerReflectionRequest.SerializeToString,
+        response_deserializer=reflection_pb2.ServerReflectionResponse.FromString,
+    )
+    return list(call(iter([request]), timeout=10, **kwargs))
+
+
+def test_reflection_v1_is_served_beside_v1alpha(gateway: RunningGateway) -> None:
+    from google.protobuf import descriptor_pb2
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    listing = reflection_pb2.ServerReflectionRequest(list_services="")
+    with grpc.insecure_channel(gateway.target) as channel:
+        (v1,) = _reflect_v1(channel, listing)
+        (alpha,) = reflection_pb2_grpc.ServerReflectionStub(channel).ServerReflectionInfo(
+            iter([listing]), timeout=10
+        )
+        names = {s.name for s in v1.list_services_response.service}
+        assert names == {s.name for s in alpha.list_services_response.service}
+        assert {
+            "allxai.v1.DiagnosisService",
+            "grpc.health.v1.Health",
+            "grpc.reflection.v1.ServerReflection",
+            "grpc.reflection.v1alpha.ServerReflection",
+        } <= names
+        for symbol, package in (
+            ("allxai.v1.DiagnosisService", "allxai.v1"),
+            ("grpc.reflection.v1.ServerReflection", "grpc.reflection.v1"),
+        ):
+            ask = reflection_pb2.ServerReflectionRequest(file_containing_symbol=symbol)
+            (reply,) = _reflect_v1(channel, ask)
+            assert not reply.HasField("error_response"), reply.error_response
+            files = [
+                descriptor_pb2.FileDescriptorProto.FromString(raw)
+                for raw in reply.file_descriptor_response.file_descriptor_proto
+            ]
+            assert package in {f.package for f in files}
+    # v1 needs the token like every other service but health.
+    with (
+        served(gateway, auth_mode="token", auth_tokens="t0ken", auth_allow_plaintext_tokens=True) as target,
+        grpc.insecure_channel(target) as channel,
+    ):
+        with pytest.raises(grpc.RpcError) as info:
+            _reflect_v1(channel, listing)
+        assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        (reply,) = _reflect_v1(channel, listing, metadata=(("authorization", "Bearer t0ken"),))
+        assert "allxai.v1.DiagnosisService" in {s.name for s in reply.list_services_response.service}
+
+
+# --- item 4: bearer tokens over plaintext -----------------------------------------------------
+
+
+def test_token_auth_over_plaintext_is_refused_at_start_unless_allowed_then_warned(
+    gateway: RunningGateway, logged: Collect, tmp_path: Path
+) -> None:
+    from allxai.server.security import check_transport
+    from allxai.server.settings import Settings
+    from tests.support.client import make_pki
+
+    base: dict[str, Any] = {"auth_mode": "token", "auth_tokens": "t0ken"}
+    with pytest.raises(ValueError, match="bearer tokens in cleartext"), served(gateway, **base):
+        pass
+    assert not [r for r in logged.records if "plaintext" in r.getMessage()]
+    with served(gateway, auth_allow_plaintext_tokens=True, **base):
+        pass
+    (warning,) = [r for r in logged.records if "plaintext" in r.getMessage()]
+    assert warning.levelno == logging.WARNING
+    assert "t0ken" not in warning.getMessage()
+    # With TLS, or another mode, nothing to refuse or warn about.
+    pki = make_pki(tmp_path)
+    check_transport(
+        Settings(tls_cert_file=pki.server_cert, tls_key_file=pki.server_key, metrics_port=0, **base)
+    )
+    check_transport(Settings(metrics_port=0))
+    assert len([r for r in logged.records if "plaintext" in r.getMessage()]) == 1

@@ -13,15 +13,14 @@ from wsgiref.simple_server import WSGIServer
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1.health import aio as health_aio  # type: ignore[attr-defined]
-from grpc_reflection.v1alpha import reflection
 
-from allxai.server import logs
+from allxai.server import logs, reflection
 from allxai.server.audit import AuditLog
 from allxai.server.backends.base import Backend
 from allxai.server.core import Diagnosis
 from allxai.server.interceptors import AuthInterceptor, ErrorMappingInterceptor, MetricsInterceptor
 from allxai.server.metrics import InstrumentedBackend, Metrics
-from allxai.server.security import Authorizer, server_credentials
+from allxai.server.security import Authorizer, check_transport, server_credentials
 from allxai.server.servicer import DiagnosisServicer
 from allxai.server.settings import Settings
 from allxai.v1 import diagnosis_pb2, diagnosis_pb2_grpc
@@ -73,6 +72,7 @@ def create_server(
     mapping, then authorisation (its refusals are domain errors, mapped like any other).
     """
     metrics = metrics or Metrics()
+    check_transport(settings)
     interceptors: list[grpc.aio.ServerInterceptor[object, object]] = [
         MetricsInterceptor(metrics),
         ErrorMappingInterceptor(),
@@ -87,8 +87,7 @@ def create_server(
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
         names.append(health_pb2.DESCRIPTOR.services_by_name["Health"].full_name)
     if settings.enable_reflection:
-        names.append(reflection.SERVICE_NAME)
-        reflection.enable_server_reflection(names, server)
+        reflection.enable_reflection(names, server)
     address = f"{settings.host}:{settings.port}"
     return server, _bind(server, address, server_credentials(settings))
 

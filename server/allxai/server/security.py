@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import logging
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +18,8 @@ import grpc
 
 from allxai.server.errors import PermissionDenied, Unauthenticated
 from allxai.server.settings import Settings
+
+log = logging.getLogger(__name__)
 
 
 def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
@@ -32,6 +35,27 @@ def server_credentials(settings: Settings) -> grpc.ServerCredentials | None:
         [(read_secret(settings.tls_key_file), read_secret(settings.tls_cert_file))],
         root_certificates=client_ca,
         require_client_auth=client_ca is not None,
+    )
+
+
+def check_transport(settings: Settings) -> None:
+    """Refuse bearer tokens in cleartext unless the settings allow it, and then say so in the log.
+
+    A token sent without TLS can be read by anyone on the path and replayed, so token auth on a
+    plaintext port starts only with ``ALLXAI_AUTH_ALLOW_PLAINTEXT_TOKENS`` (a proxy or mesh encrypts
+    the hop). Client-certificate modes need TLS already (:meth:`Authorizer.from_settings`).
+    """
+    if settings.auth_mode != "token" or settings.tls_cert_file is not None:
+        return
+    if not settings.auth_allow_plaintext_tokens:
+        raise ValueError(
+            "ALLXAI_AUTH_MODE=token without TLS would accept bearer tokens in cleartext: set "
+            "ALLXAI_TLS_CERT_FILE and ALLXAI_TLS_KEY_FILE, or ALLXAI_AUTH_ALLOW_PLAINTEXT_TOKENS=true "
+            "where a proxy or mesh encrypts the connection"
+        )
+    log.warning(
+        "bearer tokens are accepted over plaintext (ALLXAI_AUTH_ALLOW_PLAINTEXT_TOKENS): anyone on the "
+        "path can read them; use TLS unless a proxy or mesh encrypts the connection"
     )
 
 

@@ -137,6 +137,13 @@ class Settings(BaseSettings):
         default_factory=list,
         description="Client certificate common names allowed in; empty: any certificate the CA signed.",
     )
+    auth_allow_plaintext_tokens: bool = Field(
+        False,
+        description=(
+            "Accept bearer tokens without TLS (only behind a proxy or mesh that encrypts the hop); "
+            "otherwise token auth without TLS refuses to start. A warning is logged at start."
+        ),
+    )
     # --- Observability and audit ----------------------------------------------------------------
     enable_metrics: bool = Field(True, description="Serve Prometheus /metrics over HTTP.")
     metrics_port: int = Field(9090, ge=0, le=65535, description="Port of /metrics; 0 picks a free one.")
