@@ -173,7 +173,7 @@ def test_logs_carry_request_ids_but_never_images_identifiers_or_secrets(
 # --- authorisation switches -------------------------------------------------------------------
 
 
-def test_reflection_needs_the_token_too_and_odd_request_ids_are_replaced(
+def test_reflection_needs_the_token_too_and_odd_request_ids_are_refused(
     gateway: RunningGateway, cell_png: bytes
 ) -> None:
     from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
@@ -198,11 +198,11 @@ def test_reflection_needs_the_token_too_and_odd_request_ids_are_replaced(
             pb.ClassifyRequest(image=image, request_id="lis-42.a"), timeout=30, metadata=auth
         )
         assert kept.request_id == "lis-42.a"
+        # An id that could forge a log line is refused, not replaced (tests/server/test_hardening2.py).
         forged = "x\n2026-01-01 ERROR forged line"
-        replaced = stub.Classify(
-            pb.ClassifyRequest(image=image, request_id=forged), timeout=30, metadata=auth
-        )
-        assert len(replaced.request_id) == 32 and "\n" not in replaced.request_id
+        with pytest.raises(grpc.RpcError) as refused:
+            stub.Classify(pb.ClassifyRequest(image=image, request_id=forged), timeout=30, metadata=auth)
+        assert refused.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
 def test_health_needs_no_token_and_health_and_reflection_can_be_switched_off(

@@ -220,3 +220,140 @@ def test_token_auth_over_plaintext_is_refused_at_start_unless_allowed_then_warne
     )
     check_transport(Settings(metrics_port=0))
     assert len([r for r in logged.records if "plaintext" in r.getMessage()]) == 1
+
+
+# --- items 2 and 8: bounded identifiers, request ids kept or refused ----------------------------
+
+
+def test_identifier_rules() -> None:
+    from allxai.server import identifiers
+    from allxai.server.errors import InvalidInput
+    from allxai.server.logs import request_id_var
+
+    def field_of(call: Any) -> str:
+        with pytest.raises(InvalidInput) as info:
+            call()
+        (violation,) = info.value.violations
+        return violation.field
+
+    for kept in ("LIS:123", "order/42.a_b-c", "x" * 128, "!~"):
+        assert identifiers.request_id(kept) == kept == request_id_var.get()
+    for bad in ("x" * 129, "LIS 123", "LIS:1\n2", "LIS:1\t", "läb-1", "a\x00b"):
+        assert field_of(lambda bad=bad: identifiers.request_id(bad)) == "request_id"
+    meta = [("authorization", "Bearer x"), ("X-Request-Id", "LIS:456")]
+    assert identifiers.request_id("", meta) == "LIS:456"  # metadata when the message has none
+    assert identifiers.request_id("LIS:1", meta) == "LIS:1"  # the message's wins
+    assert field_of(lambda: identifiers.request_id("", [("x-request-id", "a b")])) == "x-request-id"
+    # begin() gives refusals an id from the start; without any id the call keeps that one.
+    made = identifiers.begin([])
+    assert len(made) == 32 and identifiers.request_id("", []) == made
+    assert identifiers.begin([("x-request-id", "bad id")]) != "bad id"
+
+    identifiers.check_ids("S" * 256, [("image.image_id", "cell 1 — Zelle.png")])
+    assert field_of(lambda: identifiers.check_ids("S" * 257, [])) == "specimen_id"
+    assert field_of(lambda: identifiers.check_ids("S\n1", [])) == "specimen_id"
+    many = [("images[0].image_id", "ok"), ("images[1].image_id", "a\x1b[31m")]
+    assert field_of(lambda: identifiers.check_ids("", many)) == "images[1].image_id"
+
+
+def test_ids_through_the_gateway_kept_or_refused_naming_the_field(
+    gateway: RunningGateway, cell_png: bytes
+) -> None:
+    from tests.support.status import bad_request
+
+    image = pb.Image(data=cell_png)
+    with grpc.insecure_channel(gateway.target) as channel:
+        stub = pb_grpc.DiagnosisServiceStub(channel)
+        kept = stub.Classify(pb.ClassifyRequest(image=image, request_id="LIS:123"), timeout=30)
+        assert kept.request_id == "LIS:123"
+        by_metadata = stub.Classify(
+            pb.ClassifyRequest(image=image), timeout=30, metadata=(("x-request-id", "LIS:124/a.b"),)
+        )
+        assert by_metadata.request_id == "LIS:124/a.b"
+        made = stub.Classify(pb.ClassifyRequest(image=image), timeout=30)
+        assert len(made.request_id) == 32
+
+        def refused(call: Any, request: Any, **kwargs: Any) -> dict[str, str]:
+            with pytest.raises(grpc.RpcError) as info:
+                list(call(request, timeout=30, **kwargs))  # a stream answers its status at the end
+            assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            return bad_request(info.value)
+
+        huge = "S" * (1 << 20)
+        classify = stub.Classify.with_call  # (response, call): a pair list() can take, like a stream
+        assert "request_id" in refused(classify, pb.ClassifyRequest(image=image, request_id="LIS 123"))
+        assert "x-request-id" in refused(
+            classify, pb.ClassifyRequest(image=image), metadata=(("x-request-id", "x" * 129),)
+        )
+        assert "specimen_id" in refused(classify, pb.ClassifyRequest(image=image, specimen_id=huge))
+        odd = pb.Image(data=cell_png, image_id="cell\n2")
+        assert "image.image_id" in refused(classify, pb.ClassifyRequest(image=odd))
+        specimen = pb.ClassifySpecimenRequest(images=[image, odd])
+        assert "images[1].image_id" in refused(stub.ClassifySpecimen.with_call, specimen)
+        assert "specimen_id" in refused(stub.Explain.with_call, _explain(cell_png, 50, specimen_id=huge))
+        stream = pb.StreamExplainRequest(request=_explain(cell_png, 50, request_id="a\nb"))
+        assert "request_id" in refused(stub.StreamExplain, stream)
+
+
+# --- item 7: refusals and streamed explanations leave log lines ---------------------------------
+
+
+def test_refusals_and_streamed_explanations_are_logged_with_the_request_id(
+    gateway: RunningGateway, cell_png: bytes, logged: Collect
+) -> None:
+    bad = pb.Image(data=b"not an image")
+    with grpc.insecure_channel(gateway.target) as channel:
+        stub = pb_grpc.DiagnosisServiceStub(channel)
+        with pytest.raises(grpc.RpcError):
+            stub.Classify(pb.ClassifyRequest(image=bad, request_id="LIS:701"), timeout=30)
+        with pytest.raises(grpc.RpcError):  # refused before the message's id is read: the metadata's
+            stub.Classify(pb.ClassifyRequest(image=bad), timeout=30, metadata=(("x-request-id", "LIS:702"),))
+        stream = pb.StreamExplainRequest(request=_explain(cell_png, 40, request_id="LIS:703"))
+        assert list(stub.StreamExplain(stream, timeout=60))[-1].HasField("result")
+    with (
+        served(gateway, auth_mode="token", auth_tokens="t0ken", auth_allow_plaintext_tokens=True) as target,
+        grpc.insecure_channel(target) as channel,
+    ):
+        wrong = (("authorization", "Bearer nope"), ("x-request-id", "LIS:704"))
+        with pytest.raises(grpc.RpcError) as info:
+            pb_grpc.DiagnosisServiceStub(channel).GetModelInfo(
+                pb.GetModelInfoRequest(), timeout=30, metadata=wrong
+            )
+        assert info.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+    def line(request_id: str, start: str) -> logging.LogRecord:
+        (found,) = [
+            r
+            for r in logged.records
+            if r.request_id == request_id and r.getMessage().startswith(start)  # type: ignore[attr-defined]
+        ]
+        return found
+
+    assert line("LIS:701", "refused Classify: INVALID_ARGUMENT: image.data").levelno == logging.INFO
+    assert line("LIS:702", "refused Classify: INVALID_ARGUMENT").levelno == logging.INFO
+    assert line("LIS:703", "explained (streamed):").levelno == logging.INFO
+    denied = line("LIS:704", "refused GetModelInfo: UNAUTHENTICATED")
+    assert denied.levelno == logging.WARNING and "nope" not in denied.getMessage()
+
+
+def test_refusal_lines_are_rate_limited_per_kind(caplog: pytest.LogCaptureFixture) -> None:
+    import grpc as g
+
+    from allxai.server.refusals import RefusalLog
+
+    now = [0.0]
+    refusals = RefusalLog(rate=2.0, burst=3, clock=lambda: now[0])
+    caplog.set_level(logging.INFO, logger="allxai.server.refusals")
+    for _ in range(10):
+        refusals.refused("/allxai.v1.DiagnosisService/Classify", g.StatusCode.INVALID_ARGUMENT, "bad")
+    # Authentication failures have their own budget: a flood of bad input cannot hide them.
+    refusals.refused("/allxai.v1.DiagnosisService/Classify", g.StatusCode.UNAUTHENTICATED, "no token")
+    assert [r.levelname for r in caplog.records] == ["INFO"] * 3 + ["WARNING"]
+    now[0] += 1.0  # two lines' worth of budget comes back
+    refusals.refused("/allxai.v1.DiagnosisService/Explain", g.StatusCode.RESOURCE_EXHAUSTED, "busy")
+    assert caplog.records[-1].getMessage() == (
+        "refused Explain: RESOURCE_EXHAUSTED: busy (7 similar refusals not logged)"
+    )
+    refusals.refused("/allxai.v1.DiagnosisService/Explain", g.StatusCode.RESOURCE_EXHAUSTED, "busy")
+    refusals.refused("/allxai.v1.DiagnosisService/Explain", g.StatusCode.RESOURCE_EXHAUSTED, "busy")
+    assert len(caplog.records) == 6

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import math
-import re
 import time
-import uuid
 from collections.abc import Mapping
 from datetime import timedelta
 from typing import Any
@@ -17,7 +15,6 @@ from allxai.server.audit import sha256
 from allxai.server.backends.base import ModelInfo, ModelSpec
 from allxai.server.errors import InvalidInput
 from allxai.server.explain_options import ExplainOptions, Picture
-from allxai.server.logs import request_id_var
 from allxai.server.outcomes import Classification, ExplainOutcome, SpecimenSummary, Timings
 from allxai.v1 import diagnosis_pb2 as pb
 
@@ -38,17 +35,6 @@ def model_spec(message: pb.ModelSpec) -> ModelSpec:
 def time_left(context: Context) -> float | None:
     remaining = context.time_remaining()
     return None if remaining is None else max(0.0, float(remaining))
-
-
-_REQUEST_ID = re.compile(r"[\w.:-]{1,64}")
-
-
-def request_id(given: str) -> str:
-    # The id goes into every log line: only a short, plain token is kept (no line breaks to forge
-    # log entries, no room for a patient's name); anything else is replaced by a fresh one.
-    request_id = given if _REQUEST_ID.fullmatch(given) else uuid.uuid4().hex
-    request_id_var.set(request_id)
-    return request_id
 
 
 def model_ref(info: ModelInfo) -> pb.ModelRef:

@@ -17,8 +17,10 @@ from typing import TYPE_CHECKING, Any
 
 import grpc
 
+from allxai.server import identifiers
 from allxai.server.errors import AllxaiError, BackendError
 from allxai.server.metrics import Metrics
+from allxai.server.refusals import RefusalLog
 from allxai.server.security import Authorizer
 from allxai.server.status import INTERNAL_MESSAGE, status_code, to_status
 
@@ -113,29 +115,38 @@ class _AroundInterceptor(_Interceptor):
         return _wrap(handler, method, self.around)
 
 
-async def _abort(context: Context, error: Exception) -> None:
+async def _abort(context: Context, error: Exception, method: str, refusals: RefusalLog) -> None:
     if isinstance(error, BackendError):
         # The model server's own words are for the operator, not the caller.
         log.error("model backend failed: %s", error.message)
         await context.abort(status_code(error), INTERNAL_MESSAGE)
     if isinstance(error, AllxaiError):
         status = to_status(error)
+        refusals.refused(method, status.code, error.message)
         await context.abort(status.code, status.details, trailing_metadata=status.trailing_metadata)
     log.exception("unexpected error", exc_info=error)
     await context.abort(grpc.StatusCode.INTERNAL, INTERNAL_MESSAGE)
 
 
 class ErrorMappingInterceptor(_AroundInterceptor):
-    """Turns :class:`AllxaiError` into its status (with details) and anything else into INTERNAL."""
+    """Turns :class:`AllxaiError` into its status (with details) and anything else into INTERNAL.
+
+    It also gives the call its request id for the log from the start (the ``x-request-id`` metadata's,
+    or a fresh one), so that every refusal it logs, authentication's included, carries one.
+    """
+
+    def __init__(self, refusals: RefusalLog | None = None) -> None:
+        self._refusals = refusals or RefusalLog()
 
     @asynccontextmanager
     async def around(self, method: str, context: Context) -> AsyncIterator[None]:
+        identifiers.begin(context.invocation_metadata() or ())
         try:
             yield
         except grpc.aio.AbortError:
             raise
         except Exception as exc:  # noqa: BLE001  (every error must become a status)
-            await _abort(context, exc)
+            await _abort(context, exc, method, self._refusals)
 
 
 class AuthInterceptor(_AroundInterceptor):

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 import grpc
 from google.protobuf import descriptor_pb2, descriptor_pool
 from grpc_reflection.v1alpha import reflection, reflection_pb2, reflection_pb2_grpc
+from grpc_reflection.v1alpha._async import ReflectionServicer
 
 V1ALPHA_SERVICE_NAME: str = reflection.SERVICE_NAME
 V1_PACKAGE = "grpc.reflection.v1"
@@ -50,7 +51,7 @@ def enable_reflection(service_names: Sequence[str], server: grpc.aio.Server) -> 
     """Serve reflection on ``server`` for ``service_names`` plus both reflection services."""
     _add_v1_descriptor(descriptor_pool.Default())
     names = [*service_names, V1_SERVICE_NAME, V1ALPHA_SERVICE_NAME]
-    servicer = reflection.aio.ReflectionServicer(names)
+    servicer = ReflectionServicer(names)  # the grpc.aio one (reflection.aio is the same class)
     reflection_pb2_grpc.add_ServerReflectionServicer_to_server(servicer, server)
     v1 = grpc.method_handlers_generic_handler(
         V1_SERVICE_NAME,

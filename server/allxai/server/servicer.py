@@ -10,7 +10,7 @@ from typing import Any
 
 import grpc
 
-from allxai.server import convert
+from allxai.server import convert, identifiers
 from allxai.server.audit import AuditLog, sha256
 from allxai.server.core import Diagnosis
 from allxai.v1 import diagnosis_pb2 as pb
@@ -35,7 +35,8 @@ class DiagnosisServicer(pb_grpc.DiagnosisServiceServicer):
             await asyncio.wrap_future(self._audit.submit(build))
 
     async def Classify(self, request: pb.ClassifyRequest, context: Context) -> pb.ClassifyResponse:  # noqa: N802
-        request_id = convert.request_id(request.request_id)
+        request_id = identifiers.request_id(request.request_id, context.invocation_metadata() or ())
+        identifiers.check_ids(request.specimen_id, [("image.image_id", request.image.image_id)])
         outcome = await self._diagnosis.classify(
             request.image.data,
             convert.model_spec(request.model_spec),
@@ -67,7 +68,11 @@ class DiagnosisServicer(pb_grpc.DiagnosisServiceServicer):
     async def ClassifySpecimen(  # noqa: N802
         self, request: pb.ClassifySpecimenRequest, context: Context
     ) -> pb.ClassifySpecimenResponse:
-        request_id = convert.request_id(request.request_id)
+        request_id = identifiers.request_id(request.request_id, context.invocation_metadata() or ())
+        identifiers.check_ids(
+            request.specimen_id,
+            ((f"images[{i}].image_id", im.image_id) for i, im in enumerate(request.images)),
+        )
         outcome = await self._diagnosis.classify_specimen(
             [image.data for image in request.images],
             convert.model_spec(request.model_spec),
@@ -106,7 +111,8 @@ class DiagnosisServicer(pb_grpc.DiagnosisServiceServicer):
         )
 
     async def Explain(self, request: pb.ExplainRequest, context: Context) -> pb.ExplainResponse:  # noqa: N802
-        request_id = convert.request_id(request.request_id)
+        request_id = identifiers.request_id(request.request_id, context.invocation_metadata() or ())
+        identifiers.check_ids(request.specimen_id, [("image.image_id", request.image.image_id)])
         outcome = await self._diagnosis.explain(
             request.image.data,
             convert.model_spec(request.model_spec),
@@ -125,7 +131,8 @@ class DiagnosisServicer(pb_grpc.DiagnosisServiceServicer):
         self, request: pb.StreamExplainRequest, context: Context
     ) -> AsyncIterator[pb.StreamExplainResponse]:
         inner = request.request
-        request_id = convert.request_id(inner.request_id)
+        request_id = identifiers.request_id(inner.request_id, context.invocation_metadata() or ())
+        identifiers.check_ids(inner.specimen_id, [("image.image_id", inner.image.image_id)])
         updates: asyncio.Queue[tuple[int, int]] = asyncio.Queue()
         task = asyncio.create_task(
             self._diagnosis.explain(
@@ -154,6 +161,11 @@ class DiagnosisServicer(pb_grpc.DiagnosisServiceServicer):
             task.cancel()
             if getter is not None:
                 getter.cancel()
+        log.info(
+            "explained (streamed): %s with %d samples",
+            outcome.classification.label,
+            outcome.explanation.num_samples,
+        )
         response = await asyncio.to_thread(convert.explain_response, outcome, inner, request_id)
         await self._record(lambda: convert.explain_record(outcome, inner, request_id))
         yield pb.StreamExplainResponse(result=response)
