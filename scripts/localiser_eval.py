@@ -3,7 +3,7 @@
     .venv/bin/python scripts/localiser_eval.py [--data ../shared/data] [--aria-per-class N] [--json out.json]
 
 1. wbc-seg: mean IoU of the cell mask against the expert mask (nucleus + cytoplasm), per dataset.
-2. Aria: Segmented's white-cell blobs (connected non-black components of at least ``--blob-px`` pixels)
+2. Aria: Segmented's white-cell blobs (solid connected non-black components of at least ``--blob-px`` pixels)
    found on the matching Original field, and the localiser's finds that Segmented confirms.
 3. BCCD: recall of the annotated WBC boxes, and false finds per field.
 4. Scale: µm/px distribution and time per image for each set.
@@ -25,6 +25,7 @@ import numpy.typing as npt
 from PIL import Image
 from scipy import ndimage as ndi
 from skimage import data as skdata
+from skimage.measure import regionprops
 
 from allxai.contract.cells import CellMap, locate_cells
 from allxai.contract.scale import estimate_scale
@@ -82,6 +83,19 @@ def wbc_seg(data: Path, run: Timed) -> dict[str, Any]:
     return out
 
 
+def _solid(blob: npt.NDArray[np.bool_]) -> bool:
+    """Whether a Segmented blob is a white cell rather than speckle: Segmented keeps white cells as filled
+    discs, while its speckle along red-cell edges forms rings and arcs (hollow, or far from convex)."""
+    filled = ndi.binary_fill_holes(blob)
+    if blob.sum() < SOLID * filled.sum():
+        return False
+    return bool(regionprops(filled.astype(np.uint8))[0].solidity >= SOLID)
+
+
+#: The least share of its hole-filled area and of its convex hull a white-cell blob covers.
+SOLID = 0.8
+
+
 def aria(data: Path, run: Timed, per_class: int, blob_px: int) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for folder in sorted((data / "aria-all" / "Original").iterdir()):
@@ -98,7 +112,7 @@ def aria(data: Path, run: Timed, per_class: int, blob_px: int) -> dict[str, Any]
             nonblack = segmented.max(axis=2) >= 40
             labels, count = ndi.label(nonblack)
             areas = np.bincount(labels.ravel(), minlength=count + 1)
-            big = [i for i in range(1, count + 1) if areas[i] >= blob_px]
+            big = [i for i in range(1, count + 1) if areas[i] >= blob_px and _solid(labels == i)]
             finds += len(cells.cells)
             confirmed += sum(1 for i in range(1, len(cells.cells) + 1) if np.any(nonblack[cells.labels == i]))
             if not big:
