@@ -7,9 +7,12 @@ import asyncio
 import gc
 import logging
 import os
+import signal
+import socket
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -357,3 +360,81 @@ def test_refusal_lines_are_rate_limited_per_kind(caplog: pytest.LogCaptureFixtur
     refusals.refused("/allxai.v1.DiagnosisService/Explain", g.StatusCode.RESOURCE_EXHAUSTED, "busy")
     refusals.refused("/allxai.v1.DiagnosisService/Explain", g.StatusCode.RESOURCE_EXHAUSTED, "busy")
     assert len(caplog.records) == 6
+
+
+# --- item 9: the drain lets explanations in flight finish ---------------------------------------
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _gauge(metrics_port: int, sample: str) -> float:
+    with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5) as reply:
+        for line in reply.read().decode().splitlines():
+            if line.startswith(sample + " "):
+                return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_sigterm_under_the_default_grace_lets_four_explanations_finish_and_refuses_new_calls(
+    model_base: Path, cell_png: bytes, tmp_path: Path
+) -> None:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from allxai.server.settings import Settings
+
+    port, metrics_port = _free_port(), _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ALLXAI_")}
+    env.update(
+        ALLXAI_MODEL_BASE_PATH=str(model_base),
+        ALLXAI_PORT=str(port),
+        ALLXAI_HOST="127.0.0.1",
+        ALLXAI_METRICS_PORT=str(metrics_port),
+    )
+    defaults = Settings()
+    assert defaults.max_concurrent_explanations == 2  # so of the four below, two run and two wait
+    log = (tmp_path / "gateway.log").open("wb")
+    process = subprocess.Popen([sys.executable, "-m", "allxai.server"], env=env, stdout=log, stderr=log)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            health = health_pb2_grpc.HealthStub(channel)
+            until = time.monotonic() + 120
+            status = None
+            while status != health_pb2.HealthCheckResponse.SERVING and time.monotonic() < until:
+                try:
+                    status = health.Check(health_pb2.HealthCheckRequest(), timeout=2).status
+                except grpc.RpcError:
+                    time.sleep(0.05)
+            assert status == health_pb2.HealthCheckResponse.SERVING, (tmp_path / "gateway.log").read_text()
+
+            stub = pb_grpc.DiagnosisServiceStub(channel)
+            request = pb.ExplainRequest(
+                image=pb.Image(data=cell_png),
+                options=pb.ExplainOptions(num_samples=1000, batch_size=1, seed=1),
+            )
+            explanations = [stub.Explain.future(request, timeout=120) for _ in range(4)]
+            until = time.monotonic() + 60
+            while _gauge(metrics_port, "allxai_queued_explanations") < 2 and time.monotonic() < until:
+                time.sleep(0.01)
+            assert not any(f.done() for f in explanations), "the explanations finished before SIGTERM"
+            process.send_signal(signal.SIGTERM)
+            # New calls are refused while the four finish.
+            until = time.monotonic() + 60
+            refused = None
+            while refused is None and time.monotonic() < until:
+                try:
+                    stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=5)
+                except grpc.RpcError as exc:
+                    refused = exc
+            assert refused is not None and refused.code() == grpc.StatusCode.UNAVAILABLE
+            assert [f.result().explanation.num_samples for f in explanations] == [1000] * 4
+        assert process.wait(timeout=60) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+        log.close()
+    text = (tmp_path / "gateway.log").read_text()
+    assert f"draining for up to {defaults.grace_period_seconds:.1f} s" in text

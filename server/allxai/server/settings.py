@@ -71,7 +71,15 @@ class Settings(BaseSettings):
     max_concurrent_explanations: int = Field(
         2, gt=0, description="Explanations running at once; more get RESOURCE_EXHAUSTED."
     )
-    grace_period_seconds: float = Field(10.0, ge=0, description="Time in-flight calls get after SIGTERM.")
+    grace_period_seconds: float = Field(
+        25.0,
+        ge=0,
+        description=(
+            "After SIGTERM, new calls are refused and calls in flight (explanations waiting for a slot "
+            "included) get this long to finish. It must fit in Kubernetes' terminationGracePeriodSeconds "
+            "(30 s by default) less the preStop pause; deploy/k8s sets 60 s inside 75 s."
+        ),
+    )
     enable_reflection: bool = Field(True, description="Serve gRPC server reflection.")
     enable_health: bool = Field(True, description="Serve grpc.health.v1.")
     log_level: str = Field("INFO", description="Python logging level.")
