@@ -190,7 +190,9 @@ def test_a_large_specimen_goes_in_batches_and_joins_into_one_summary(
         # The review order is by confidence, where near-equal cells may swap: the same cells, and the
         # joined order the gateway's (outside the domain first, then least confident).
         assert sorted(three.review_first) == sorted(one.review_first)
-        keys = [(three.cells[i].in_domain is not False, three.cells[i].confidence) for i in three.review_first]
+        keys = [
+            (three.cells[i].in_domain is not False, three.cells[i].confidence) for i in three.review_first
+        ]
         assert keys == sorted(keys)
         # The gateway names a bad image by its index in its call; the SDK by its index in the specimen.
         with pytest.raises(AllxaiClientError, match=r"INVALID_ARGUMENT: images\[4\]\.data") as caught:
@@ -323,7 +325,8 @@ def test_waiting_for_a_gateway_that_is_not_up_yet(gateway: RunningGateway, cell_
         pytest.raises(AllxaiClientError, match="DEADLINE_EXCEEDED"),
     ):
         client.model_info()
-    assert 0.4 < time.monotonic() - started < 3
+    # Not before the deadline, and long before the default one (60 s): a busy machine adds seconds.
+    assert 0.4 < time.monotonic() - started < 30
 
 
 # --- TLS, mTLS and bearer tokens against the gateway's own TLS and authorisation ------------------

@@ -13,6 +13,7 @@ import time
 from dataclasses import replace
 from datetime import UTC, datetime
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, cast
 
 import numpy as np
@@ -28,6 +29,7 @@ from allxai.client import (
 )
 from allxai.lis import AIAST_CODE, AIAST_SYSTEM, LabReport, parse_bundle, parse_oru, to_fhir_json, to_oru
 from allxai.lis import _folder as files
+from allxai.lis import _watcher as watcher_module
 from allxai.lis.hl7 import MAX_ED_DATA_CHARS, ed_bytes, segments
 from allxai.lis.watch import Options, Watcher, main
 from tests.conftest import RunningGateway, png_bytes
@@ -647,28 +649,39 @@ def test_watch_once_processes_each_image_records_corrupt_ones_and_skips_done_on_
 
 
 def test_watch_waits_for_a_file_being_written(
-    gateway: RunningGateway, cell_png: bytes, tmp_path: Path
+    gateway: RunningGateway, cell_png: bytes, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     image = tmp_path / "growing.png"
+    # The watcher's clock is the test's: a loaded machine that stalls between two polls cannot make a
+    # half-written file look settled, and the test waits for nothing.
+    clock = [0.0]
+    wall = time.time()
+    fake = SimpleNamespace(monotonic=lambda: clock[0], time=lambda: wall + clock[0])
+    monkeypatch.setattr(watcher_module, "time", fake)
+
+    def written_now() -> None:  # the file's mtime on the same clock
+        os.utime(image, ns=(int((wall + clock[0]) * 1e9),) * 2)
+
     with Client(gateway.target, timeout=60) as client:
-        # A settle time of 2 s with sleeps far below and above it: a loaded machine may stall a poll by a
-        # second without changing any answer.
         watcher = Watcher(tmp_path, client, Options(settle=2.0))
         with open(image, "wb") as f:
             f.write(cell_png[:200])
             f.flush()
+            written_now()
             assert watcher.poll() == 1  # seen, not yet settled
-            time.sleep(0.3)
+            clock[0] += 0.5
             f.write(cell_png[200:400])
             f.flush()
+            written_now()
             assert watcher.poll() == 1  # changed: the settle clock starts again
-            time.sleep(0.3)
-            assert watcher.poll() == 1  # 0.3 s since the last change is not enough
+            clock[0] += 1.5
+            assert watcher.poll() == 1  # 1.5 s since the last change is not enough
             assert files.read_marker(image) is None
             f.write(cell_png[400:])
+        written_now()
         assert watcher.poll() == 1  # complete now, but only just written
         assert files.read_marker(image) is None
-        time.sleep(3.0)
+        clock[0] += 2.5  # steps exact in binary: no rounding at the settle boundary
         assert watcher.poll() == 0
     marker = _outputs_complete(image, explain=False)
     assert marker["size"] == len(cell_png)  # the whole file, not a prefix

@@ -323,7 +323,7 @@ async def test_open_loop_starts_calls_on_schedule() -> None:
     # calls overlap (each takes 10 schedule slots), and each one's start is its slot, not when it got going
     assert server.most_in_flight > 5
     assert sorted(r.start for r in result.records) == pytest.approx([i / 200 for i in range(20)], abs=1e-9)
-    assert 0.095 + 0.05 <= result.elapsed < 1.0
+    assert result.elapsed >= 0.095 + 0.05  # no upper bound: a busy machine may be slower, not wrong
 
 
 async def test_open_loop_counts_queueing_behind_the_limit_as_latency() -> None:
@@ -352,16 +352,34 @@ async def test_duration_mode_stops_issuing_after_the_duration() -> None:
         max_time=5,
         stop=asyncio.Event(),
     )
-    assert result.stopped_by == "duration" and 0.2 <= result.elapsed < 1.0
+    assert result.stopped_by == "duration" and result.elapsed >= 0.2
     # Every call started within the duration: the start is stamped with the clock read that let it start
     # (two reads used to differ by microseconds, enough to fail on a loaded machine).
     assert all(r.start < 0.2 for r in result.records) and len(result.records) == result.sent
 
 
+class HangsAfter:
+    """Answers the first ``answered`` calls at once; later ones hang until cancelled. When ``hanging``
+    calls hang at once it sets ``stop``: the stop then comes mid-call whatever the machine's speed."""
+
+    def __init__(self, answered: int, hanging: int, stop: asyncio.Event) -> None:
+        self.answered, self.hanging, self.stop = answered, hanging, stop
+        self.calls = self.hung = 0
+
+    async def __call__(self, method: str, image: int) -> None:
+        self.calls += 1
+        if self.calls <= self.answered:
+            return
+        self.hung += 1
+        if self.hung == self.hanging:
+            self.stop.set()
+        await asyncio.Event().wait()  # never answered: only cancellation ends it
+
+
 async def test_the_hard_cap_and_a_stop_cancel_calls_in_flight() -> None:
-    started = time.perf_counter()
+    # Calls that never end: the cap alone must end the level (it would hang otherwise).
     capped = await run_level(
-        FakeServer(60),
+        HangsAfter(0, 0, asyncio.Event()),
         _plan(),
         concurrency=2,
         total=5,
@@ -371,13 +389,21 @@ async def test_the_hard_cap_and_a_stop_cancel_calls_in_flight() -> None:
         stop=asyncio.Event(),
     )
     assert capped.stopped_by == "max-time" and capped.records == [] and capped.sent == 2
+    # A stop while both workers are mid-call: those two are cancelled, sent but not recorded.
     stop = asyncio.Event()
-    asyncio.get_running_loop().call_later(0.23, stop.set)  # mid-call
     stopped = await run_level(
-        FakeServer(0.05), _plan(), concurrency=2, total=None, duration=60, rate=None, max_time=120, stop=stop
+        HangsAfter(4, 2, stop),
+        _plan(),
+        concurrency=2,
+        total=None,
+        duration=None,
+        rate=None,
+        max_time=120,
+        stop=stop,
     )
-    assert stopped.stopped_by == "interrupt" and 4 <= len(stopped.records) < stopped.sent
-    assert time.perf_counter() - started < 2
+    assert stopped.stopped_by == "interrupt"
+    assert len(stopped.records) == 4 and stopped.sent == 6
+    assert all(r.code == "OK" for r in stopped.records)
 
 
 async def test_a_failure_other_than_an_rpc_status_surfaces() -> None:
@@ -536,17 +562,16 @@ def test_ctrl_c_stops_and_still_reports(gateway: RunningGateway, images: Path) -
     reader.start()
     try:
         assert calls_done.wait(timeout=30), b"".join(stderr).decode()
-        interrupted = time.perf_counter()
         process.send_signal(signal.SIGINT)
+        # It ends well before its 60 s duration; how soon depends on the machine's load, so no clock.
         assert process.wait(timeout=20) == 130, b"".join(stderr).decode()
-        assert time.perf_counter() - interrupted < 5
     finally:
         process.kill()
         reader.join(timeout=5)
         process.stderr.close()
     with process.stdout:
         (level,) = json.loads(process.stdout.read())["levels"]
-    assert level["stopped_by"] == "interrupt" and level["elapsed_s"] < 30
+    assert level["stopped_by"] == "interrupt" and level["elapsed_s"] < 60
     assert level["overall"]["count"] > 0 and level["sent"] == level["overall"]["count"] + level["unfinished"]
 
 

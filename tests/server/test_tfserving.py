@@ -163,7 +163,8 @@ async def test_a_slow_server_meets_the_deadline_and_an_absent_one_is_unavailable
         started = time.monotonic()
         with pytest.raises(DeadlineExceeded):
             await backend.predict(info, _images(1), timeout=0.4)
-        assert time.monotonic() - started < 1.2
+        # Back before the slow answer (3 s) would have come; how soon after 0.4 s depends on the load.
+        assert time.monotonic() - started < 2.5
     finally:
         await backend.close()
         await fake.stop()
@@ -358,7 +359,7 @@ def test_gateway_rides_out_the_model_server_coming_dying_returning_and_slowing(
             # Slow: the caller's deadline is honoured, by the gateway too: its model call (2 s on
             # the slow server) ends with the caller's 0.5 s deadline.
             server.send_signal(signal.SIGUSR1)
-            time.sleep(0.2)
+            assert server.stdout is not None and server.stdout.readline().strip() == "SLOW"
             metrics = running.gateway.metrics  # type: ignore[attr-defined]
             failed = metrics.backend_latency.labels("predict", "interactive", "error")
             count, total = _histogram(metrics, "error")
@@ -366,7 +367,7 @@ def test_gateway_rides_out_the_model_server_coming_dying_returning_and_slowing(
             with pytest.raises(grpc.RpcError) as info:
                 stub.Classify(request, timeout=0.5)
             assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-            assert time.monotonic() - started < 1.5
+            assert time.monotonic() - started < 1.9  # before the slow answer (2 s) would have come
             until = time.monotonic() + 5
             while _histogram(metrics, "error")[0] == count and time.monotonic() < until:
                 time.sleep(0.02)

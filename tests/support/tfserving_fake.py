@@ -217,8 +217,14 @@ async def _main(args: argparse.Namespace) -> None:
     stopping = asyncio.Event()
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGTERM, stopping.set)
-    # SIGUSR1 makes it slow (2 s per Predict), so a test can show deadlines are honoured.
-    loop.add_signal_handler(signal.SIGUSR1, lambda: setattr(fake, "delay", 2.0))
+    # SIGUSR1 makes it slow (2 s per Predict), so a test can show deadlines are honoured; "SLOW" on
+    # stdout tells the test it is, so the test waits for that line rather than for a guessed time.
+
+    def slow() -> None:
+        fake.delay = 2.0
+        print("SLOW", flush=True)
+
+    loop.add_signal_handler(signal.SIGUSR1, slow)
     await stopping.wait()
     await fake.stop(1)
 
