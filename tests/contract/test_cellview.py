@@ -129,3 +129,15 @@ def test_a_real_segmented_cell_is_cut_around_the_cell(shared_data: Path) -> None
     assert prepared.scale is not None and prepared.scale.source == "white_cell"
     # The view keeps the cell's own resolution (up to view_max), not the model's 64 px.
     assert prepared.view.shape[0] > 64
+
+
+def test_the_view_is_enlarged_to_view_min_and_marks_what_was_blanked(field: np.ndarray) -> None:
+    (natural,) = cell_views(field, (32, 32), CellRecipe(view_min=0), limit=1)
+    larger = natural.view.shape[0] + 40
+    (view,) = cell_views(field, (32, 32), CellRecipe(view_min=larger), limit=1)
+    assert view.view.shape[:2] == (larger, larger)
+    assert view.blank is not None and view.blank.shape == (larger, larger)
+    assert (view.view[view.blank] == 0).all()
+    assert not (view.blank & view.cell_mask).any()
+    # A card from before view_min existed keeps its models' views as they were trained.
+    assert CellRecipe.parse({"field_um": 28.0}).view_min == 0

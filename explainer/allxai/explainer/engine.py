@@ -34,7 +34,7 @@ import numpy.typing as npt
 
 from allxai.explainer import perturb, quality, surrogate
 from allxai.explainer.result import ExplanationResult, top_segments
-from allxai.explainer.segmentation import SegmentationError, SegmentationSpec, segment
+from allxai.explainer.segmentation import SegmentationError, SegmentationSpec, isolate, segment
 
 Probs = npt.NDArray[np.float32]
 Image = npt.NDArray[np.uint8]
@@ -105,11 +105,13 @@ async def explain(
     label: int | None = None,
     progress: ProgressFn | None = None,
     cells: npt.NDArray[np.bool_] | None = None,
+    blank: npt.NDArray[np.bool_] | None = None,
 ) -> ExplanationResult:
     """Explain ``label`` (default: the predicted class) for one uint8 image ``[H, W, 3]``.
 
     ``cells`` marks the white-cell pixels the quality figures count weight on (the gateway passes the
-    mask its preprocessing found); without it the localiser runs on ``image``.
+    mask its preprocessing found); without it the localiser runs on ``image``. ``blank`` marks pixels that
+    hold no image (a cell crop's blanked surround): they become one superpixel of their own.
 
     ``settings`` are used as they are: whoever builds them from a request checks them first (the
     gateway does in one place), and composition ``"model"`` needs a predictor with
@@ -120,6 +122,8 @@ async def explain(
     if label is not None and label < 0:
         raise ValueError(f"label must not be negative, got {label}")
     segments = await _in_thread(segment, image, settings.segmentation, settings.seed)
+    if blank is not None:
+        segments = isolate(segments, blank)
     fill = (
         perturb.mean_fill(image, segments)
         if settings.hide_color is None

@@ -97,3 +97,16 @@ def segment(image: npt.NDArray[np.uint8], spec: SegmentationSpec, seed: int) -> 
     # lime indexes masks by segment id, so ids must run 0..n-1 (slic and felzenszwalb may not).
     _, dense = np.unique(segments, return_inverse=True)
     return dense.reshape(segments.shape).astype(np.int32)
+
+
+def isolate(segments: npt.NDArray[np.integer], mask: npt.NDArray[np.bool_]) -> npt.NDArray[np.int32]:
+    """``segments`` with the pixels of ``mask`` made one superpixel of their own, ids renumbered from 0.
+
+    For a cell crop whose surround was blanked: those pixels hold no image, and a superpixel mixing them
+    with the cell's edge would carry the edge's weight into the corners.
+    """
+    if mask.shape != segments.shape or not mask.any() or mask.all():
+        return np.asarray(segments, np.int32)
+    marked = np.where(mask, int(segments.max()) + 1, segments)
+    _, renumbered = np.unique(marked, return_inverse=True)
+    return renumbered.reshape(segments.shape).astype(np.int32)

@@ -41,6 +41,10 @@ class CellRecipe:
     #: The largest side, in pixels, of the view that explanations segment and draw (the crop at the
     #: image's own resolution, when it has more pixels than the model's input).
     view_max: int = 256
+    #: The smallest side of the view: a cell crop with fewer pixels (Aria's cells are about 25 px across) is
+    #: enlarged to it, so the explanation's superpixels (quickshift's kernel is in pixels) are finer than the
+    #: cell; at 64 px quickshift cut a crop into about 5 superpixels, the cell and its margin in one.
+    view_min: int = 128
     #: Reinhard's stain target; ``None``: colours as they come.
     stain: StainTarget | None = None
     #: The micrometres per pixel of the training images, 1st and 99th percentile: an image whose scale is
@@ -54,6 +58,7 @@ class CellRecipe:
             "field_um": self.field_um,
             "margin_um": self.margin_um,
             "view_max": self.view_max,
+            "view_min": self.view_min,
         }
         if self.stain is not None:
             out["stain"] = self.stain.to_dict()
@@ -73,6 +78,7 @@ class CellRecipe:
             field_um=_positive(raw.get("field_um", cls.field_um), "field_um"),
             margin_um=_positive(raw.get("margin_um", cls.margin_um), "margin_um", zero=True),
             view_max=int(_positive(raw.get("view_max", cls.view_max), "view_max")),
+            view_min=int(_positive(raw.get("view_min", 0), "view_min", zero=True)),
             stain=None if stain is None else _stain(stain),
             scale_range=_range(raw.get("scale_range"), "scale_range"),
             diameter_range=_range(raw.get("diameter_range"), "diameter_range"),

@@ -9,9 +9,10 @@ first models did. A cell-centred model sees, for each white cell the localiser f
 3. its stain mapped onto the training stain (Reinhard, with the whole field's statistics);
 4. everything farther than ``margin_um`` from that cell's mask blanked to black, so red cells, the
    background, other white cells, the corners and any scale-bar label are gone;
-5. resized to the view (the crop's own resolution, at most ``view_max`` and at least the input size), and
-   the view resized to the model's input: the explanation segments and draws the view, and the model's
-   input is always made from it, so both see the same picture.
+5. resized to the view (the crop's own resolution, at most ``view_max``, at least the input size and
+   ``view_min``), and the view resized to the model's input: the explanation segments and draws the view
+   (the blanked surround as one superpixel of its own), and the model's input is always made from it, so
+   both see the same picture.
 
 A field with several white cells gives one crop per cell. Training uses them all, each with the field's
 label; serving answers one image with the crop of its largest white cell (the answer says how many it
@@ -72,6 +73,8 @@ class Prepared:
     notes: tuple[str, ...] = ()
     #: The classified cell's (a field's largest cell's) diameter in µm, where a scale was measured.
     cell_diameter_um: float | None = None
+    #: Pixels of the view blanked by the recipe (holding no image); None when nothing was blanked.
+    blank: npt.NDArray[np.bool_] | None = None
 
 
 def field_view(image: UInt8Image, size: tuple[int, int], locate: bool = True) -> Prepared:
@@ -162,6 +165,7 @@ def _crop(
         region,
         notes,
         cell.diameter * scale.um_per_px,
+        ~keep,
     )
 
 
@@ -195,8 +199,8 @@ def _normalised(window: UInt8Image, source: StainTarget | None, recipe: CellReci
 
 
 def _view_size(side: int, size: tuple[int, int], recipe: CellRecipe) -> tuple[int, int]:
-    """The crop's own resolution, at most ``view_max`` and at least the model's input."""
-    edge = max(min(side, recipe.view_max), max(size))
+    """The crop's own resolution, at most ``view_max`` and at least the model's input and ``view_min``."""
+    edge = max(min(side, recipe.view_max), max(size), recipe.view_min)
     return edge, edge
 
 

@@ -185,6 +185,7 @@ class Diagnosis:
                     label=target,
                     progress=progress,
                     cells=image.cell_mask,
+                    blank=image.blank,
                 )
             except SegmentationError as exc:
                 raise InvalidInput("options.segmentation_params", str(exc)) from exc

@@ -133,7 +133,9 @@ async def _explain_all(
     for path in tqdm(chosen, desc="explanations", unit="image"):
         try:
             prepared = prepare(path.read_bytes(), export.size, export.card.cell_input)
-            result = await explain(prepared.view, predictor, settings, cells=prepared.cell_mask)
+            result = await explain(
+                prepared.view, predictor, settings, cells=prepared.cell_mask, blank=prepared.blank
+            )
         except (ImageError, SegmentationError, OSError) as exc:
             skipped.append((str(path), str(exc)))
             continue
