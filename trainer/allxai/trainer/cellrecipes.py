@@ -9,6 +9,7 @@ gateway flags an image far outside those ranges (:mod:`allxai.contract.cellview`
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 
 import numpy as np
 
@@ -52,14 +53,7 @@ def finished_recipe(recipe: CellRecipe, loaded: LoadedImages) -> CellRecipe:
         log.warning("only %d fields had red cells to measure: no scale range in the card", len(measured))
         return recipe
     scales, diameters = np.asarray(measured).T
-    return CellRecipe(
-        field_um=recipe.field_um,
-        margin_um=recipe.margin_um,
-        view_max=recipe.view_max,
-        stain=recipe.stain,
-        scale_range=_percentiles(scales),
-        diameter_range=_percentiles(diameters),
-    )
+    return replace(recipe, scale_range=_percentiles(scales), diameter_range=_percentiles(diameters))
 
 
 def _percentiles(values: np.ndarray) -> tuple[float, float]:
