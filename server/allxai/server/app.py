@@ -18,7 +18,8 @@ from allxai.server import logs, reflection
 from allxai.server.audit import AuditLog
 from allxai.server.backends.base import Backend
 from allxai.server.core import Diagnosis
-from allxai.server.interceptors import AuthInterceptor, ErrorMappingInterceptor, MetricsInterceptor
+from allxai.server.intake import IntakeInterceptor, receive_limits, server_receive_limit
+from allxai.server.interceptors import ErrorMappingInterceptor, MetricsInterceptor
 from allxai.server.metrics import InstrumentedBackend, Metrics
 from allxai.server.security import Authorizer, check_transport, server_credentials
 from allxai.server.servicer import DiagnosisServicer
@@ -40,7 +41,9 @@ _EXCLUSIVE_PORT = ("grpc.so_reuseport", 0)
 
 def _options(settings: Settings) -> list[tuple[str, int]]:
     return [
-        ("grpc.max_receive_message_length", settings.max_message_bytes),
+        # The C core refuses a larger message without handing it over; below it, each method's own
+        # limit is checked before the message is parsed (intake.py).
+        ("grpc.max_receive_message_length", server_receive_limit(settings)),
         ("grpc.max_send_message_length", settings.max_message_bytes),
         _EXCLUSIVE_PORT,
     ]
@@ -69,14 +72,15 @@ def create_server(
     """Build the grpc.aio server with every service and bind its port (TLS when configured).
 
     The caller starts it. Interceptors, outermost first: metrics (they see the final code), error
-    mapping, then authorisation (its refusals are domain errors, mapped like any other).
+    mapping, then intake: authorisation and each method's receive limit, before the request is read
+    (its refusals are domain errors, mapped like any other).
     """
     metrics = metrics or Metrics()
     check_transport(settings)
     interceptors: list[grpc.aio.ServerInterceptor[object, object]] = [
         MetricsInterceptor(metrics),
         ErrorMappingInterceptor(),
-        AuthInterceptor(Authorizer.from_settings(settings)),
+        IntakeInterceptor(Authorizer.from_settings(settings), receive_limits(settings)),
     ]
     server = grpc.aio.server(interceptors=interceptors, options=_options(settings))
     diagnosis_pb2_grpc.add_DiagnosisServiceServicer_to_server(

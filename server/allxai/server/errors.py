@@ -46,6 +46,10 @@ class Overloaded(AllxaiError):
     """Too much work in flight; try again later."""
 
 
+class MessageTooLarge(Overloaded):
+    """A request message over its method's receive limit (RESOURCE_EXHAUSTED, as gRPC's own limit)."""
+
+
 class BackendUnavailable(AllxaiError):
     """The model is not loaded or its server cannot be reached."""
 

@@ -38,7 +38,13 @@ class Settings(BaseSettings):
     max_image_bytes: int = Field(32 * 1024 * 1024, gt=0, description="Largest encoded image accepted.")
     max_image_pixels: int = Field(40_000_000, gt=0, description="Largest decoded image (width x height).")
     max_message_bytes: int = Field(
-        64 * 1024 * 1024, gt=0, description="gRPC message limit, both directions (gRPC's default is 4 MiB)."
+        33 * 1024 * 1024,
+        gt=0,
+        description=(
+            "Largest ClassifySpecimen request and largest response (gRPC's default is 4 MiB). Classify and "
+            "Explain requests may hold one image plus 64 KiB; other calls 64 KiB. The SDK sends a specimen "
+            "in calls of at most 32 MiB of images."
+        ),
     )
     max_specimen_images: int = Field(2000, gt=0, description="Most images in one ClassifySpecimen call.")
     domain_policy: Literal["flag", "refuse"] = Field(
