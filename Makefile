@@ -58,11 +58,12 @@ layers: $(STAMP)
 	$(BIN)/lint-imports
 
 ## bench: Explain against lime and the model floor (ALL-Net 224, InceptionV3 299); Classify through the
-## gateway against the backend alone (concurrency 1 and 16); the domain gate's added cost per image; ~15 min on
-## 2 cores
+## gateway against the backend alone (concurrency 1 and 16); Classify idle and beside explanations; the domain
+## gate's added cost per image; ~17 min on 2 cores
 bench: $(STAMP)
 	$(BIN)/python bench/explain_bench.py
 	$(BIN)/python bench/gateway_bench.py
+	$(BIN)/python bench/isolation_bench.py
 	$(BIN)/python bench/gate_bench.py
 	$(BIN)/python bench/prepare_bench.py
 

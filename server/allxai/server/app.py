@@ -131,6 +131,8 @@ def make_backend(settings: Settings) -> Backend:
         batch_size=settings.predict_batch_size,
         threads=settings.predict_threads,
         class_names=settings.class_names,
+        reserved_threads=settings.predict_reserved_threads,
+        bulk_batch_size=settings.explain_model_batch_size,
     )
 
 

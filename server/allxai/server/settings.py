@@ -63,6 +63,22 @@ class Settings(BaseSettings):
     )
     predict_batch_size: int = Field(64, gt=0, description="Largest batch sent to the model at once.")
     predict_threads: int = Field(2, gt=0, description="Threads running the embedded model.")
+    explain_model_batch_size: int = Field(
+        16,
+        gt=0,
+        description=(
+            "Largest batch of an explanation's images per embedded model call (at most "
+            "predict_batch_size): smaller batches let a Classify share the cores sooner."
+        ),
+    )
+    predict_reserved_threads: int = Field(
+        1,
+        ge=0,
+        description=(
+            "Of the embedded model's threads, how many run only Classify work, so that a classification "
+            "never waits for an explanation batch to end (at most predict_threads - 1)."
+        ),
+    )
     explain_default_samples: int = Field(1000, gt=0, description="LIME samples when a request sets none.")
     explain_max_samples: int = Field(10000, gt=0, description="Most LIME samples a request may ask for.")
     explain_max_in_flight: int = Field(

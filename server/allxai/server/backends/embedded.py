@@ -2,8 +2,9 @@
 
 TensorFlow runs on a small pool of threads, never on the event loop; the pool is the only
 limit on parallel predictions (no global lock: a loaded concrete function is thread-safe).
-The pool takes interactive work (Classify) before queued explanation batches, so a burst of
-explanations delays a classification by at most one batch rather than by the whole queue; and
+The pool takes interactive work (Classify) before queued explanation batches, and keeps
+``reserved_threads`` of its threads for it, so a classification never waits for an explanation batch
+to end (a model call cannot be pre-empted): it only shares the cores with the batches running; and
 classifications that arrive while every model thread is busy share one model call (a model runs a
 batch of 16 images in far less than 16 times its single-image time).
 """
@@ -70,14 +71,20 @@ class EmbeddedBackend:
         batch_size: int = 64,
         threads: int = 2,
         class_names: dict[str, list[str]] | None = None,
+        reserved_threads: int = 1,
+        bulk_batch_size: int | None = None,
     ) -> None:
         self._base = base
         self._default = default_model
         self._labels = version_labels or {}
         self._class_names = class_names or {}
         self._batch_size = batch_size
+        # Explanation batches: a smaller batch holds TensorFlow's shared intra-op threads for less
+        # time at once, so a classification's operations interleave with it sooner.
+        self._bulk_batch = min(bulk_batch_size or batch_size, batch_size)
         self._threads = threads
-        self._pool = PriorityPool(threads, "allxai-model")
+        # Threads kept for interactive work (Classify); a single thread cannot be kept from bulk work.
+        self._pool = PriorityPool(threads, "allxai-model", min(reserved_threads, threads - 1))
         self._models: dict[tuple[str, int], _Loaded] = {}
         self._ready = False
         self._closed = False
@@ -186,7 +193,8 @@ class EmbeddedBackend:
         Interactive work goes through the model's coalescer, so concurrent classifications share calls.
         """
         entry = self._entry(model)
-        chunks = [images[i : i + self._batch_size] for i in range(0, len(images), self._batch_size)]
+        size = self._batch_size if lane == "interactive" else self._bulk_batch
+        chunks = [images[i : i + size] for i in range(0, len(images), size)]
         if lane == "interactive":
             return await self._wait(
                 [entry.coalescer.predict(chunk) for chunk in chunks], timeout, model.row_width
@@ -203,8 +211,8 @@ class EmbeddedBackend:
             raise ModelNotFound(f"model {model.name!r} version {model.version} has no compose signature")
         masks = composition.masks
         calls = [
-            compose_inputs(replace(composition, masks=masks[i : i + self._batch_size]))
-            for i in range(0, len(masks), self._batch_size)
+            compose_inputs(replace(composition, masks=masks[i : i + self._bulk_batch]))
+            for i in range(0, len(masks), self._bulk_batch)
         ]
         return await self._gather(entry.compose, calls, timeout, entry.info, lane, contract.OUTPUT)
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import heapq
 import itertools
-import queue
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -14,22 +14,40 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+#: The priority of the stop marker: after all queued work.
+_STOP = 2**31
+
 
 class PriorityPool:
-    """Worker threads that run the lowest priority number first, FIFO within a priority."""
+    """Worker threads that run the lowest priority number first, FIFO within a priority.
 
-    def __init__(self, threads: int, name: str) -> None:
-        self._queue: queue.PriorityQueue[tuple[int, int, Callable[[], None] | None]] = queue.PriorityQueue()
+    The first ``reserved`` threads run priority 0 (interactive) work only. Priority alone is not enough:
+    a model call cannot be pre-empted, so when explanation batches occupy every thread a classification
+    waits for one to end (hundreds of ms on a CPU). A reserved thread is free whenever no classification
+    runs on it, so a classification starts at once and only shares the cores with the batches in progress.
+    """
+
+    def __init__(self, threads: int, name: str, reserved: int = 0) -> None:
+        if not 0 <= reserved < threads:
+            raise ValueError(f"reserve 0 to {threads - 1} of {threads} threads (some must run bulk work)")
+        self._heap: list[tuple[int, int, Callable[[], None] | None]] = []
+        self._ready = threading.Condition()
         self._order = itertools.count()
         self._threads = [
-            threading.Thread(target=self._work, name=f"{name}-{i}", daemon=True) for i in range(threads)
+            threading.Thread(target=self._work, args=(i < reserved,), name=f"{name}-{i}", daemon=True)
+            for i in range(threads)
         ]
         for thread in self._threads:
             thread.start()
 
-    def _work(self) -> None:
+    def _work(self, interactive_only: bool) -> None:
         while True:
-            _, _, job = self._queue.get()
+            with self._ready:
+                while not self._heap or (interactive_only and self._heap[0][0] not in (0, _STOP)):
+                    self._ready.wait()
+                _, _, job = heapq.heappop(self._heap)
+                # A reserved thread may wait for the stop behind bulk work this pop uncovered.
+                self._ready.notify_all()
             if job is None:
                 return
             job()
@@ -54,12 +72,16 @@ class PriorityPool:
 
     def put(self, priority: int, job: Callable[[], None]) -> None:
         """Queue a job whose result nobody awaits (it reports through its own means)."""
-        self._queue.put((priority, next(self._order), job))
+        with self._ready:
+            heapq.heappush(self._heap, (priority, next(self._order), job))
+            self._ready.notify_all()
 
     def shutdown(self, wait: bool = False) -> None:
         """Stop the workers once the queued work is done (and wait for them, if asked)."""
-        for _ in self._threads:
-            self._queue.put((2**31, next(self._order), None))
+        with self._ready:
+            for _ in self._threads:
+                heapq.heappush(self._heap, (_STOP, next(self._order), None))
+            self._ready.notify_all()
         if wait:
             for thread in self._threads:
                 thread.join()
