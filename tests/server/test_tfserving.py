@@ -132,6 +132,26 @@ async def test_requests_beyond_grpcs_default_4_mib_go_through(model_base: Path) 
         await fake.stop()
 
 
+async def test_classify_has_connections_of_its_own(model_base: Path) -> None:
+    """Interactive predictions never share a connection with explanation batches (no queueing behind them
+    on the wire); bulk calls keep theirs."""
+    fake = FakeTFServing(model_base)
+    port = await fake.start()
+    backend = TFServingBackend(f"127.0.0.1:{port}", ["allnet"])
+    try:
+        await backend.start()
+        info = await backend.resolve(ModelSpec())
+        fake.peers.clear()
+        await backend.predict(info, _images(2, seed=3), timeout=60, lane="interactive")
+        await backend.predict(info, _images(2, seed=4), timeout=60, lane="bulk")
+        await backend.predict(info, _images(2, seed=5), timeout=60, lane="interactive")
+        interactive, bulk, again = fake.peers
+        assert interactive == again and interactive != bulk
+    finally:
+        await backend.close()
+        await fake.stop()
+
+
 async def test_requests_are_balanced_across_servers(model_base: Path) -> None:
     fakes = [FakeTFServing(model_base), FakeTFServing(model_base)]
     ports = [await fake.start() for fake in fakes]

@@ -44,6 +44,8 @@ class FakeTFServing:
         self.delay = delay
         self.max_batch_size = max_batch_size
         self.requests: collections.Counter[str] = collections.Counter()
+        #: The client address (``context.peer()``) of each Predict, in order: which connection it came on.
+        self.peers: list[str] = []
         self.models: dict[str, dict[int, tuple[Any, Any]]] = {}
         for model_dir in sorted(p for p in base.iterdir() if p.is_dir()):
             for version_dir in sorted(p for p in model_dir.iterdir() if p.name.isdigit()):
@@ -90,6 +92,7 @@ class FakeTFServing:
         from tensorflow_serving.apis import predict_pb2
 
         self.requests["Predict"] += 1
+        self.peers.append(context.peer())
         version, loaded, signature_defs = await self._find(request.model_spec, context)
         name = request.model_spec.signature_name or "serving_default"
         if name not in signature_defs:

@@ -194,9 +194,13 @@ class TFServingBackend:
             request.inputs[key].CopyFrom(tf.make_tensor_proto(value))
         what = f"{model.name} version {model.version}"
 
+        # Classify goes over connections of its own and takes no bulk slot: it never queues behind
+        # explanation batches on the gateway's side of TensorFlow Serving.
+        stub = self._rpc.interactive_stub if lane == "interactive" else self._rpc.predict_stub
+
         async def send() -> npt.NDArray[np.float32]:
             response = await self._rpc.call(
-                lambda t: self._rpc.predict_stub.Predict(request, timeout=t),
+                lambda t: stub.Predict(request, timeout=t),
                 max(0.0, deadline - time.monotonic()),
                 what,
             )

@@ -79,9 +79,17 @@ def translate(error: grpc.aio.AioRpcError, what: str) -> AllxaiError:
     return BackendError(detail)
 
 
-def open_channel(target: str, tls: TLSFiles | None, max_message_bytes: int) -> grpc.aio.Channel:
-    """The channel to TensorFlow Serving: plaintext, TLS, or mTLS when a client certificate is given."""
+def open_channel(
+    target: str, tls: TLSFiles | None, max_message_bytes: int, own_connections: bool = False
+) -> grpc.aio.Channel:
+    """The channel to TensorFlow Serving: plaintext, TLS, or mTLS when a client certificate is given.
+
+    ``own_connections`` gives the channel TCP connections of its own: channels with the same target and
+    options otherwise share grpc's global subchannel pool, so their calls share connections too.
+    """
     options = channel_options(max_message_bytes)
+    if own_connections:
+        options.append(("grpc.use_local_subchannel_pool", 1))
     if tls is None:
         return grpc.aio.insecure_channel(target, options=options)
     if tls.server_name:
@@ -153,8 +161,12 @@ class Connection:
         self._max_message_bytes = max_message_bytes
         self._retries = retries
         self._channel: grpc.aio.Channel | None = None
+        self._interactive: grpc.aio.Channel | None = None
         self._closed = False
         self.predict_stub: Any = None  # tensorflow.serving.PredictionService
+        #: PredictionService over connections of their own, for Classify: a large explanation batch being
+        #: written on the shared connections (HTTP/2 flow control, one socket) cannot hold it up.
+        self.interactive_stub: Any = None
         self.model_stub: Any = None  # tensorflow.serving.ModelService
 
     @property
@@ -171,14 +183,19 @@ class Connection:
 
         channel = open_channel(self.target, self._tls, self._max_message_bytes)
         self._channel = channel
+        self._interactive = open_channel(
+            self.target, self._tls, self._max_message_bytes, own_connections=True
+        )
         self.predict_stub = prediction_service_pb2_grpc.PredictionServiceStub(channel)
+        self.interactive_stub = prediction_service_pb2_grpc.PredictionServiceStub(self._interactive)
         self.model_stub = model_service_pb2_grpc.ModelServiceStub(channel)
 
     async def close(self) -> None:
         """Close the channel; calls in flight end with CANCELLED, and none is retried."""
         self._closed = True
-        if self._channel is not None:
-            await self._channel.close(None)
+        for channel in (self._channel, self._interactive):
+            if channel is not None:
+                await channel.close(None)
 
     async def call(self, send: Callable[[float], Awaitable[T]], timeout: float | None, what: str) -> T:
         """One unary call with the deadline, retrying UNAVAILABLE (see :func:`call_with_retries`)."""
