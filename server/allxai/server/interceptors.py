@@ -1,9 +1,10 @@
-"""Server interceptors: metrics, error mapping and authorisation, each an async context around a call.
+"""Server interceptors: metrics and error mapping, each an async context around a call.
 
 One wrapper (:func:`_wrap`) knows the shapes of gRPC handlers; each interceptor only says what
 happens around a call. The order in ``create_server`` is metrics (outermost: it sees the final code),
-then error mapping (the single place where domain errors become statuses, with :mod:`.status`), then
-authorisation (its refusals are domain errors, so they are mapped like any other).
+then error mapping (the single place where domain errors become statuses, with :mod:`.status`).
+Authorisation is not an interceptor: it runs in :mod:`.intake`, before a request's body is read (an
+interceptor of a unary call runs only once gRPC has read and parsed the whole request).
 """
 
 from __future__ import annotations
@@ -21,7 +22,6 @@ from allxai.server import identifiers
 from allxai.server.errors import AllxaiError, BackendError
 from allxai.server.metrics import Metrics
 from allxai.server.refusals import RefusalLog
-from allxai.server.security import Authorizer
 from allxai.server.status import INTERNAL_MESSAGE, status_code, to_status
 
 log = logging.getLogger(__name__)
@@ -33,9 +33,6 @@ else:  # not subscriptable at run time
 
 Context = grpc.aio.ServicerContext[Any, Any]
 Around = Callable[[str, Context], AbstractAsyncContextManager[None]]
-
-#: Health checks must pass without credentials: kubelet and load balancers carry none.
-_UNGUARDED_PREFIXES = ("/grpc.health.v1.Health/",)
 
 
 def _wrap(handler: Any, method: str, around: Around) -> Any:
@@ -147,21 +144,6 @@ class ErrorMappingInterceptor(_AroundInterceptor):
             raise
         except Exception as exc:  # noqa: BLE001  (every error must become a status)
             await _abort(context, exc, method, self._refusals)
-
-
-class AuthInterceptor(_AroundInterceptor):
-    """Refuses calls without an accepted bearer token or client certificate (health excepted)."""
-
-    def __init__(self, authorizer: Authorizer) -> None:
-        self._authorizer = authorizer
-
-    def applies_to(self, method: str) -> bool:
-        return not method.startswith(_UNGUARDED_PREFIXES)
-
-    @asynccontextmanager
-    async def around(self, method: str, context: Context) -> AsyncIterator[None]:
-        self._authorizer.check(context.invocation_metadata() or (), context.auth_context())
-        yield
 
 
 class MetricsInterceptor(_AroundInterceptor):
