@@ -6,6 +6,7 @@ What is done with one image's result (the report, its files, the marker) is ``al
 from __future__ import annotations
 
 import logging
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -17,6 +18,7 @@ from allxai.client import AllxaiClientError, ClassifyResult, Client, ExplainResu
 from allxai.lis import _folder as files
 from allxai.lis._image import Options, cell_of, render, write_error, write_marker, write_outputs
 from allxai.lis._report import LabReport
+from allxai.lis.outbox import Outbox
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +42,17 @@ class _Pending:
 class Watcher:
     """Processes the images of one folder through ``client``; ``poll`` does one pass."""
 
-    def __init__(self, folder: Path, client: Client, options: Options, stop: threading.Event | None = None):
+    def __init__(
+        self,
+        folder: Path,
+        client: Client,
+        options: Options,
+        stop: threading.Event | None = None,
+        outbox: Outbox | None = None,
+    ):
         self.folder = folder
+        #: Where each ORU^R01 is queued for the MLLP sender (before the marker), when sending over MLLP.
+        self.outbox = outbox
         self.client = client
         self.options = options
         self.stop = stop or threading.Event()
@@ -107,6 +118,8 @@ class Watcher:
         if len(data) != pending.stat.size:
             return False  # still being written after all: the next scan restarts its settle clock
         digest = files.sha256(data)
+        if self._queued_already(path, pending.stat, digest):
+            return True
         try:
             result = self._call(data, name)
             # Inside the same try: a gateway that goes away between the two calls is retried like the first.
@@ -139,7 +152,7 @@ class Watcher:
         """Write an image's outputs; a full or read-only disk is retried later, not fatal to the watcher."""
         try:
             write()
-        except OSError as exc:
+        except (OSError, sqlite3.Error) as exc:  # sqlite3: the outbox's disk is full or read-only
             log.warning("%s: cannot write the results (%s)", name, exc)
             return self._retry(name, pending, "OS_ERROR")
         return True
@@ -196,6 +209,11 @@ class Watcher:
         self, path: Path, stat: files.Stat, digest: str, report: LabReport, outputs: list[tuple[str, bytes]]
     ) -> None:
         write_outputs(path, outputs)
+        if self.outbox is not None:
+            # Queued before the marker: a crash in between finds it queued (_queued_already), not lost.
+            message = dict(outputs)[files.HL7_SUFFIX].decode("utf-8")
+            control_id, _ = self.outbox.put(message, source=_source(path.name, digest))
+            log.info("%s: ORU^R01 %s queued for the LIS", path.name, control_id)
         cell = report.cell
         assert cell is not None
         self._mark(path, stat, digest, "ok", [path.name + suffix for suffix, _ in outputs], cell.request_id)
@@ -212,6 +230,25 @@ class Watcher:
             cell.version,
             domain,
         )
+
+    def _queued_already(self, path: Path, stat: files.Stat, digest: str) -> bool:
+        """With an outbox: whether these bytes' message is queued or sent already; if so, mark them done.
+
+        That is a watcher stopped between queueing and the marker: redoing the image would send a second
+        result (another control id) for the same bytes. To send an image again, drop its message first.
+        """
+        entry = None if self.outbox is None else self.outbox.by_source(_source(path.name, digest))
+        if entry is None:
+            return False
+        log.info(
+            "%s: its result is already in the outbox (%s, %s); marked done",
+            path.name,
+            entry.control_id,
+            entry.state,
+        )
+        outputs = [path.name + s for s in files.OUTPUT_SUFFIXES if files.output(path, s).exists()]
+        self._mark(path, stat, digest, "ok", outputs, "")
+        return True
 
     def _record_error(self, path: Path, stat: files.Stat, digest: str, error: AllxaiClientError) -> None:
         write_error(path, error)
@@ -231,3 +268,8 @@ class Watcher:
                 break
             self.stop.wait(interval)
         return 1 if self.given_up else 0
+
+
+def _source(name: str, digest: str) -> str:
+    """What an outbox message is about: the image's name and the head of its bytes' digest."""
+    return f"{name}@{digest[:16]}"

@@ -23,16 +23,24 @@ carry allxai's request id as the filler order number (one per result), the image
 order number only with ``--order-id-from stem``; the watcher knows no specimen id or imaging time, so it
 sends none (the time of the analysis is sent as such: HL7 OBX-19, FHIR ``issued``). TLS and token options
 are the ``allxai`` command's (``--tls``, ``--tls-ca``..., ``--token-file`` or ``$ALLXAI_TOKEN``).
+
+With ``--mllp HOST:PORT`` each ORU^R01 is also queued in a durable outbox (``--outbox``, by default
+``<folder>/.allxai-outbox.sqlite``) before the image's marker, and sent to the LIS over MLLP by a thread of
+its own (``allxai.lis.mllp``): AA is done, AE/AR stay failed for a person (``allxai lis outbox``), timeouts
+and lost connections are retried with backoff, in order. With ``--once`` the watcher then waits up to
+``--drain-timeout`` seconds for the outbox to empty and exits 1 if messages are still pending.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import signal
+import sqlite3
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from types import FrameType
 
@@ -41,7 +49,10 @@ from allxai.client import options as opts
 from allxai.lis import _folder as files
 from allxai.lis._image import Options
 from allxai.lis._watcher import PERMANENT_CODES, Watcher
+from allxai.lis.commands import DEFAULT_OUTBOX_NAME
 from allxai.lis.hl7 import check_header, check_order_namespace
+from allxai.lis.mllp import MllpSender
+from allxai.lis.outbox import Outbox
 
 __all__ = ["PERMANENT_CODES", "Options", "Watcher", "main"]
 
@@ -97,6 +108,16 @@ def _parser() -> argparse.ArgumentParser:
     hl7.add_argument("--sending-facility", default="", help="HL7 MSH-4")
     hl7.add_argument("--receiving-application", default="", help="HL7 MSH-5")
     hl7.add_argument("--receiving-facility", default="", help="HL7 MSH-6")
+    mllp = p.add_argument_group("sending to the LIS over MLLP (the files are written either way)")
+    mllp.add_argument("--mllp", default="", metavar="HOST:PORT", help="the LIS's MLLP listener")
+    mllp.add_argument(
+        "--outbox", type=Path, default=None, help=f"the outbox (<folder>/{DEFAULT_OUTBOX_NAME})"
+    )
+    mllp.add_argument("--mllp-connect-timeout", type=opts.positive_float, default=10.0, help="seconds")
+    mllp.add_argument("--mllp-ack-timeout", type=opts.positive_float, default=30.0, help="seconds per ACK")
+    mllp.add_argument("--mllp-max-backoff", type=opts.positive_float, default=60.0, help="longest retry wait")
+    mllp.add_argument("--drain-timeout", type=float, default=60.0, help="with --once: wait for the outbox")
+    mllp.add_argument("--metrics-file", type=Path, default=None, help="outbox depth, Prometheus text format")
     opts.add_security_options(p.add_argument_group("connection security"))
     p.add_argument("--log-level", default="INFO", help="Python logging level")
     return p
@@ -116,6 +137,59 @@ def _check_report_options(options: Options) -> None:
     )
     if options.order_namespace:
         check_order_namespace(options.order_namespace)
+
+
+def _address(value: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[v6]:PORT`` too) as a pair; ``ValueError`` when it is not one."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"--mllp wants HOST:PORT, not {value!r}")
+    return host.strip("[]"), int(port)
+
+
+@contextlib.contextmanager
+def _sender(args: argparse.Namespace, outbox: Outbox | None) -> Iterator[MllpSender | None]:
+    """The MLLP sender's thread for the watcher's lifetime (None without ``--mllp``)."""
+    if outbox is None:
+        yield None
+        return
+    host, port = _address(args.mllp)
+    sender = MllpSender(
+        outbox,
+        host,
+        port,
+        connect_timeout=args.mllp_connect_timeout,
+        ack_timeout=args.mllp_ack_timeout,
+        max_backoff=args.mllp_max_backoff,
+    )
+    sender.start()
+    try:
+        yield sender
+    finally:
+        sender.stop()
+        log.info("outbox at stop: %s", outbox.depth())
+        outbox.close()
+
+
+def _outbox(args: argparse.Namespace, folder: Path) -> Outbox | None:
+    """The outbox with ``--mllp`` (None without it)."""
+    if not args.mllp:
+        return None
+    return Outbox(args.outbox or folder / DEFAULT_OUTBOX_NAME, metrics_file=args.metrics_file)
+
+
+def _run(watcher: Watcher, sender: MllpSender | None, args: argparse.Namespace) -> int:
+    code = watcher.run(args.interval, args.once)
+    # With --once, wait for the LIS to take what was queued (unless a signal asked us to stop).
+    if (
+        sender is not None
+        and args.once
+        and not watcher.stop.is_set()
+        and not sender.drain(args.drain_timeout)
+    ):
+        log.error("the LIS did not take every message in time; outbox %s", sender.outbox.depth())
+        return 1
+    return code
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -148,6 +222,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001  (hl7apy's errors: MaxLengthReached, ValidationError...)
         print(f"allxai watch: bad HL7 option ({type(exc).__name__}): {exc}", file=sys.stderr)
         return 2
+    try:
+        if args.mllp:
+            _address(args.mllp)
+        elif args.outbox is not None or args.metrics_file is not None:
+            raise ValueError("--outbox and --metrics-file need --mllp")
+    except ValueError as exc:
+        print(f"allxai watch: {exc}", file=sys.stderr)
+        return 2
     stop = threading.Event()
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -172,14 +254,19 @@ def main(argv: Sequence[str] | None = None) -> int:
             except (ValueError, OSError) as exc:  # bad TLS or token settings, unreadable PEM files
                 print(f"allxai watch: {exc}", file=sys.stderr)
                 return 2
-            with client:
+            try:
+                outbox = _outbox(args, folder)
+            except (OSError, sqlite3.Error) as exc:
+                print(f"allxai watch: cannot open the outbox: {exc}", file=sys.stderr)
+                return 2
+            with client, _sender(args, outbox) as sender:
                 log.info(
                     "watching %s (gateway %s, explain %s)",
                     folder,
                     args.target,
                     "on" if args.explain else "off",
                 )
-                return Watcher(folder, client, options, stop).run(args.interval, args.once)
+                return _run(Watcher(folder, client, options, stop, outbox), sender, args)
     except KeyboardInterrupt:
         return 130
     finally:
