@@ -20,12 +20,11 @@ import pytest
 
 from allxai.client import Client
 from allxai.lis import _folder as files
-from allxai.lis import commands
+from allxai.lis import commands, watch
 from allxai.lis._image import Options
 from allxai.lis._watcher import Watcher
 from allxai.lis.mllp import Ack, AckError, MllpSender, frame, parse_ack
 from allxai.lis.outbox import Outbox, control_id_of
-from allxai.lis.watch import main as watch_main
 from tests.conftest import png_bytes
 from tests.lis.test_lis import FakeClient
 
@@ -253,7 +252,7 @@ def test_outbox_command_lists_retries_and_drops(tmp_path: Path, capsys: pytest.C
     "argv", [["--outbox", "x.sqlite"], ["--metrics-file", "m.prom"], ["--mllp", "lis"], ["--mllp", "lis:0"]]
 )
 def test_watch_refuses_bad_mllp_options(tmp_path: Path, argv: list[str]) -> None:
-    assert watch_main([str(tmp_path), "--once", *argv]) == 2
+    assert watch.main([str(tmp_path), "--once", *argv]) == 2
 
 
 # --- sending -----------------------------------------------------------------------------------------------
@@ -329,3 +328,39 @@ def test_watcher_to_lis_exactly_once_through_a_crash_a_restart_and_a_nak(
     assert box.depth() == {"pending": 0, "done": 6, "failed": 0}
     assert box.entries() == []
     box.close()
+
+
+class _ClientInContext(FakeClient):
+    def __enter__(self) -> _ClientInContext:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
+
+def test_watch_once_sends_over_mllp_and_waits_for_the_acks(
+    tmp_path: Path, receiver_factory: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for i in range(2):
+        (tmp_path / f"S{i}.png").write_bytes(png_bytes(np.full((8, 8, 3), i, dtype=np.uint8)))
+    receiver = receiver_factory()
+    monkeypatch.setattr(watch, "_client", lambda args: _ClientInContext())
+    metrics = tmp_path / "metrics" / "outbox.prom"
+    metrics.parent.mkdir()
+    argv = [
+        str(tmp_path),
+        "--once",
+        "--settle",
+        "0",
+        "--interval",
+        "0",
+        "--mllp",
+        f"127.0.0.1:{receiver.port}",
+    ]
+    assert watch.main([*argv, "--metrics-file", str(metrics)]) == 0
+    assert len(set(receiver.accepted)) == 2
+    assert 'allxai_lis_outbox_messages{state="done"} 2' in metrics.read_text()
+    assert files.output(tmp_path / "S1.png", files.HL7_SUFFIX).exists()  # the files are written as before
+    with Outbox(tmp_path / commands.DEFAULT_OUTBOX_NAME) as box:
+        assert box.depth() == {"pending": 0, "done": 2, "failed": 0}
+        assert sorted(e.control_id for e in box.entries(("done",))) == sorted(receiver.accepted)
