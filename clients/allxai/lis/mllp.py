@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
+import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -158,7 +159,13 @@ class MllpSender:
                     self.outbox.changed.wait(self.idle_poll)
                     continue
                 entry, body = head
-                if self._send(entry, body):
+                try:
+                    sent = self._send(entry, body)
+                except sqlite3.Error:
+                    # The outbox could not record an outcome (disk full, say): keep the thread, try again.
+                    log.exception("MLLP: the outbox cannot be updated; retrying")
+                    sent = False
+                if sent:
                     delay = self.backoff
                 else:
                     # Bounded exponential backoff; stop() interrupts the wait.
