@@ -567,6 +567,7 @@ def test_ctrl_c_stops_and_still_reports(gateway: RunningGateway, images: Path) -
         assert process.wait(timeout=20) == 130, b"".join(stderr).decode()
     finally:
         process.kill()
+        process.wait(timeout=60)
         reader.join(timeout=5)
         process.stderr.close()
     with process.stdout:

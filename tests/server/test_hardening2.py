@@ -379,7 +379,7 @@ def _gauge(metrics_port: int, sample: str) -> float:
     return 0.0
 
 
-def test_sigterm_under_the_default_grace_lets_four_explanations_finish_and_refuses_new_calls(
+def test_sigterm_lets_four_explanations_finish_within_the_grace_and_refuses_new_calls(
     model_base: Path, cell_png: bytes, tmp_path: Path
 ) -> None:
     from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -388,11 +388,15 @@ def test_sigterm_under_the_default_grace_lets_four_explanations_finish_and_refus
 
     port, metrics_port = _free_port(), _free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("ALLXAI_")}
+    # A grace no busy machine can outrun: the test is about the drain letting work in flight finish, not
+    # about how fast four explanations run (the default's fit with Kubernetes is checked in tests/deploy).
+    grace = 600.0
     env.update(
         ALLXAI_MODEL_BASE_PATH=str(model_base),
         ALLXAI_PORT=str(port),
         ALLXAI_HOST="127.0.0.1",
         ALLXAI_METRICS_PORT=str(metrics_port),
+        ALLXAI_GRACE_PERIOD_SECONDS=str(grace),
     )
     defaults = Settings()
     assert defaults.max_concurrent_explanations == 2  # so of the four below, two run and two wait
@@ -435,6 +439,7 @@ def test_sigterm_under_the_default_grace_lets_four_explanations_finish_and_refus
     finally:
         if process.poll() is None:
             process.kill()
+            process.wait(timeout=60)  # reaped here, not left for the garbage collector to warn about
         log.close()
     text = (tmp_path / "gateway.log").read_text()
-    assert f"draining for up to {defaults.grace_period_seconds:.1f} s" in text
+    assert f"draining for up to {grace:.1f} s" in text

@@ -93,5 +93,6 @@ def test_health_then_sigterm_drains_in_flight_work(model_base: Path, cell_png: b
     finally:
         if process.poll() is None:
             process.kill()
+            process.wait(timeout=60)  # reaped here, not left for the garbage collector to warn about
         log.close()
     assert "signal received" in (tmp_path / "gateway.log").read_text()
