@@ -433,7 +433,10 @@ def test_sigterm_lets_four_explanations_finish_within_the_grace_and_refuses_new_
                     stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=5)
                 except grpc.RpcError as exc:
                     refused = exc
-            assert refused is not None and refused.code() == grpc.StatusCode.UNAVAILABLE
+            # gRPC refuses a call that arrives once shutdown has begun with UNAVAILABLE, and one caught at
+            # the moment it begins (its headers read, the server stopping) with CANCELLED: both are refusals.
+            assert refused is not None
+            assert refused.code() in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED), refused
             assert [f.result().explanation.num_samples for f in explanations] == [1000] * 4
         assert process.wait(timeout=60) == 0
     finally:
