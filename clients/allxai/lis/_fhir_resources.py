@@ -29,15 +29,14 @@ from allxai.lis._report import (
     CODE_DOMAIN,
     CODE_DOMAIN_SCORE,
     CODE_SET,
+    FHIR_CLASS_SYSTEM,
     FHIR_LOCAL_SYSTEM,
     INTERPRETATION_SYSTEM,
     OUT_OF_DOMAIN_INTERPRETATION,
     SENDING_APPLICATION,
     LabReport,
-    class_system,
     code_token,
     note_text,
-    score_code,
 )
 
 UCUM = "http://unitsofmeasure.org"
@@ -195,11 +194,10 @@ class Resources:
 
     def _class(self, label: str) -> dict[str, Any]:
         """A class of the model as a CodeableConcept."""
-        display = self.report.display(label)
-        system = class_system(self.report.model)
+        coding = self.report.class_coding(label)
         return {
-            "coding": [{"system": system, "code": code_token(label), "display": display}],
-            "text": display,
+            "coding": [{"system": FHIR_CLASS_SYSTEM, "code": coding.code, "display": coding.display}],
+            "text": coding.display,
         }
 
     def _gate(self, cell: ClassifyResult) -> list[dict[str, Any]]:
@@ -240,7 +238,7 @@ class Resources:
         value = {"valueCodeableConcept": self._class(cell.label)}
         components = [{"code": concept(CODE_CONFIDENCE), "valueQuantity": fraction(cell.confidence)}]
         components += [
-            {"code": concept(score_code(name, report.display(name))), "valueQuantity": fraction(score)}
+            {"code": concept(report.score_code(name)), "valueQuantity": fraction(score)}
             for name, score in cell.scores.items()
         ]
         components += self._gate(cell)

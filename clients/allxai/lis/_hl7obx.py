@@ -50,10 +50,7 @@ from allxai.lis._report import (
     HL7_LOCAL_SYSTEM,
     HL7_OUT_OF_DOMAIN_FLAG,
     LabReport,
-    code_token,
-    count_code,
     note_text,
-    score_code,
 )
 
 #: HL7 table 0136 (yes/no), for the specimen's needs-review answer.
@@ -119,7 +116,8 @@ def notes(obx: Any, texts: list[str]) -> None:
 
 
 def _class_value(report: LabReport, label: str) -> str:
-    return f"{escape(code_token(label))}^{escape(report.display(label))}^{HL7_LOCAL_SYSTEM}"
+    coding = report.class_coding(label)
+    return f"{escape(coding.code)}^{escape(coding.display)}^{HL7_LOCAL_SYSTEM}"
 
 
 def classification(b: Builder, cell: ClassifyResult, *, sub_id: str = "", scores: bool = True) -> None:
@@ -155,7 +153,7 @@ def classification(b: Builder, cell: ClassifyResult, *, sub_id: str = "", scores
         probability=cell.confidence,
     )
     for name, score in cell.scores.items():
-        code = score_code(name, report.display(name))
+        code = report.score_code(name)
         b.obx("NM", code, number(score), sub_id=sub_id, units="1^unity^UCUM", probability=score)
     _domain(b, cell)
     _prediction_set(b, cell)
@@ -215,7 +213,7 @@ def specimen(b: Builder) -> None:
     if specimen is None:
         return
     for label, count in specimen.counts.items():
-        code = count_code(label, report.display(label))
+        code = report.count_code(label)
         b.obx("NM", code, str(count), units="{cells}^cells^UCUM")
     cells = "{cells}^cells^UCUM"
     b.obx("NM", CODE_TOTAL, str(len(specimen.cells)), units=cells)

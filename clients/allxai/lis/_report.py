@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import re
 import uuid
 from dataclasses import dataclass, field
@@ -9,6 +11,7 @@ from datetime import UTC, datetime
 from typing import Literal
 
 from allxai.client import ClassifyResult, ExplainResult, ModelDescription, SpecimenResult
+from allxai.lis.config import Coding, LisConfig, default_config
 
 #: The HL7 v2 name of the local coding system of allxai's own codes (table 0396: local systems are "99zzz").
 HL7_LOCAL_SYSTEM = "99ALX"
@@ -52,6 +55,8 @@ CODE_OUT_OF_DOMAIN = ("ALLXAI-NOOD", "Cells outside the training domain")
 CODE_AMBIGUOUS = ("ALLXAI-NAMB", "Ambiguous cells (prediction set of more than one class)")
 CODE_COUNTED = ("ALLXAI-NCOUNT", "Cells counted in the blast fraction")
 CODE_REVIEW = ("ALLXAI-REVIEW", "Specimen needs review")
+#: allxai's full request id of the result (OBR-3 holds at most 15 characters of it, see ``filler_number``).
+CODE_REQUEST = ("ALLXAI-REQID", "allxai request id")
 
 #: HL7 v2.5 OBX-8 (table 0078) on an answer outside the training domain: "A", abnormal, which every v2.5
 #: receiver highlights for attention; the NTE beside it says why (v2.5's table has no "outside the
@@ -64,7 +69,52 @@ OUT_OF_DOMAIN_INTERPRETATION = ("EX", "outside threshold")
 #: Notes a receiver shows are cut to this many characters (a gateway's reason could be any length).
 MAX_NOTE_CHARS = 2000
 
-ResultStatus = Literal["preliminary", "final"]
+#: preliminary: AI output nobody reviewed; final: a reviewer confirmed it; corrected: a reviewer changed a
+#: final report (HL7 result status P, F, C; FHIR status preliminary, final, corrected).
+ResultStatus = Literal["preliminary", "final", "corrected"]
+#: HL7 v2.5 OBR-25 / OBX-11 of each status (table 0123 / 0085).
+HL7_STATUS = {"preliminary": "P", "final": "F", "corrected": "C"}
+#: The longest entity identifier of OBR-3 (EI, 22 characters in v2.5) beside "^ALLXAI".
+MAX_FILLER_CHARS = 22 - len("^ALLXAI")
+
+
+@dataclass(frozen=True)
+class Reviewer:
+    """The person who finalised or corrected a report: the LIS's id of them, and their name."""
+
+    id: str
+    family: str = ""
+    given: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.id.strip():
+            raise ValueError("a reviewer needs an id (the LIS's identifier of the person)")
+
+    @property
+    def display(self) -> str:
+        """The name for a person to read, with the id."""
+        name = " ".join(p for p in (self.given.strip(), self.family.strip()) if p)
+        return f"{name} ({self.id})" if name else self.id
+
+
+@dataclass(frozen=True)
+class Failure:
+    """An image that could not be classified: the LIS hears of it as a result (HL7 OBX-11 X, FHIR
+    ``cancelled`` with a data-absent reason), never only as a file next to the image."""
+
+    image_id: str
+    code: str
+    message: str
+
+
+@dataclass(frozen=True)
+class Correction:
+    """A reviewer's change of one cell's class: ``cell`` is 0 for a single image, else the specimen's cell
+    number (1-based, HL7 OBX-4); ``ai_label`` what the model said, ``label`` what the reviewer says."""
+
+    cell: int
+    ai_label: str
+    label: str
 
 
 def note_text(text: str) -> str:
@@ -77,19 +127,8 @@ def code_token(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]", "_", text) or "_"
 
 
-def score_code(label: str, display: str) -> tuple[str, str]:
-    """The observation code of one class's probability (``display``: the class's human name)."""
-    return f"ALLXAI-P-{code_token(label)}", f"Probability of {display}"
-
-
-def count_code(label: str, display: str) -> tuple[str, str]:
-    """The observation code of the number of cells of one class in a specimen."""
-    return f"ALLXAI-N-{code_token(label)}", f"Cells classified as {display}"
-
-
-def class_system(model: ModelDescription) -> str:
-    """The FHIR code system of one model's class names (class names are the model's, not a terminology's)."""
-    return f"urn:allxai:model:{code_token(model.name)}:classes"
+#: The FHIR code system of the stable class codes (HL7 uses ``HL7_LOCAL_SYSTEM``); see ``lis.toml``.
+FHIR_CLASS_SYSTEM = "urn:allxai:cell-class"
 
 
 @dataclass(frozen=True)
@@ -125,20 +164,61 @@ class LabReport:
     observed_at: datetime | None = None
     issued_at: datetime = field(default_factory=lambda: datetime.now(UTC))
     status: ResultStatus = "preliminary"
-    reviewed_by: str = ""
+    reviewer: Reviewer | None = None
     overlay_reference: str = ""
+    #: Images that could not be classified (a single image's failure, or some cells of a specimen).
+    failures: tuple[Failure, ...] = ()
+    #: A corrected report's changes, and the reviewer's reason in words.
+    corrections: tuple[Correction, ...] = ()
+    correction_note: str = ""
+    config: LisConfig = field(default_factory=default_config)
 
     def __post_init__(self) -> None:
-        if self.classification is None and self.explanation is None and self.specimen is None:
-            raise ValueError("a LabReport needs a classification, an explanation or a specimen result")
+        if (
+            self.classification is None
+            and self.explanation is None
+            and self.specimen is None
+            and not self.failures
+        ):
+            raise ValueError(
+                "a LabReport needs a classification, an explanation, a specimen result or a failure"
+            )
         for name in ("observed_at", "issued_at"):
             moment = getattr(self, name)
             if moment is not None and moment.tzinfo is None:
                 # A naive time in a lab record is ambiguous across sites; refuse it rather than guess a zone.
                 raise ValueError(f"{name} must carry a time zone")
-        if self.status == "final" and not self.reviewed_by.strip():
+        if self.status != "preliminary" and self.reviewer is None:
             # AI output is final only once a person has confirmed it, and the report must say who.
-            raise ValueError("a final report needs reviewed_by: the person who confirmed the AI result")
+            raise ValueError(
+                f"a {self.status} report needs a reviewer: the person who confirmed the AI result"
+            )
+        if self.corrections and self.status != "corrected":
+            raise ValueError("corrections belong in a corrected report")
+
+    @property
+    def reviewed_by(self) -> str:
+        """The reviewer in words (empty for a preliminary report)."""
+        return self.reviewer.display if self.reviewer is not None else ""
+
+    @property
+    def hl7_status(self) -> str:
+        """OBR-25 and OBX-11: P, F or C; X when nothing could be classified at all."""
+        if self.cell is None and self.specimen is None:
+            return "X"
+        return HL7_STATUS[self.status]
+
+    @property
+    def filler_number(self) -> str:
+        """allxai's id of this result in HL7 OBR-3 and ORC-3: the request id when it fits the 15
+        characters beside ``^ALLXAI`` (v2.5 EI is 22), else ``H`` and 14 base32 characters of its SHA-256,
+        so that a final or corrected report replaces the preliminary one (same OBR-3). The full request id
+        travels in FHIR ``DiagnosticReport.identifier`` and in an OBX of HL7."""
+        key = self.request_id or self.stable_id("result")
+        if len(key) <= MAX_FILLER_CHARS and re.fullmatch(r"[A-Za-z0-9._-]+", key):
+            return key
+        digest = base64.b32encode(hashlib.sha256(key.encode()).digest()).decode("ascii")
+        return "H" + digest[: MAX_FILLER_CHARS - 1]
 
     @property
     def cell(self) -> ClassifyResult | None:
@@ -173,8 +253,23 @@ class LabReport:
         return self.model.version
 
     def display(self, label: str) -> str:
-        """A class's human name, from the model card."""
-        return self.model.display_name(label)
+        """A class's human name: the LIS configuration's, else the model card's."""
+        coding = self.config.classes.get(label)
+        return coding.display if coding is not None else self.model.display_name(label)
+
+    def class_coding(self, label: str) -> Coding:
+        """The stable code of a model class (``UnmappedClassError`` when the configuration lacks it)."""
+        return self.config.class_coding(label)
+
+    def score_code(self, label: str) -> tuple[str, str]:
+        """The observation code of one class's probability."""
+        coding = self.class_coding(label)
+        return f"ALLXAI-P-{coding.code}", f"Probability of {coding.display}"
+
+    def count_code(self, label: str) -> tuple[str, str]:
+        """The observation code of the number of cells of one class in a specimen."""
+        coding = self.class_coding(label)
+        return f"ALLXAI-N-{coding.code}", f"Cells classified as {coding.display}"
 
     def stable_id(self, role: str) -> str:
         """A UUID fixed by this report and a role: rebuilding the same report gives the same identifiers."""
@@ -210,5 +305,14 @@ class LabReport:
             f"{self.model.name} version {self.model_version} (allxai)"
         )
         if self.status == "final":
-            return f"{made}; reviewed and confirmed by {self.reviewed_by.strip()}."
+            return f"{made}; reviewed and confirmed by {self.reviewed_by}."
+        if self.status == "corrected":
+            changes = "; ".join(
+                f"{'the image' if c.cell == 0 else f'cell {c.cell}'} changed from {self.display(c.ai_label)} "
+                f"to {self.display(c.label)}"
+                for c in self.corrections
+            )
+            reason = f" Reason: {self.correction_note.strip()}." if self.correction_note.strip() else ""
+            what = f": {changes}." if changes else "."
+            return f"{made}; corrected by {self.reviewed_by}{what}{reason}"
         return f"{made} without human review; a qualified person must confirm it before clinical use."

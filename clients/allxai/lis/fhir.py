@@ -50,7 +50,6 @@ from allxai.lis._report import (
     SERVICE_TEXT,
     LabReport,
     code_token,
-    count_code,
 )
 
 
@@ -90,7 +89,7 @@ def build_bundle(report: LabReport) -> Bundle:
     if report.specimen is not None:
         s = report.specimen
         for label, count in s.counts.items():
-            code = count_code(label, report.display(label))
+            code = report.count_code(label)
             results.append(r.observation(f"count:{label}", code, _cells(count)))
         results.append(r.observation("total", CODE_TOTAL, _cells(len(s.cells))))
         results.append(r.observation("counted", CODE_COUNTED, _cells(s.counted_cells)))
