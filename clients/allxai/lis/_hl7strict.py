@@ -20,8 +20,13 @@ from allxai.lis._report import HL7_LOCAL_SYSTEM
 
 VERSION = "2.5"
 STRICT = VALIDATION_LEVEL.STRICT
-#: TX, the type of ED.5, holds at most this many characters: larger overlays go by reference.
-MAX_ED_DATA_CHARS = 65536
+#: The longest OBX-5 of HL7 v2.5, separators included (TX, the type of ED.5, allows as much on its own).
+MAX_OBX5_CHARS = 65536
+#: What an embedded picture's OBX-5 holds besides its data: "^IM^PNG^Base64^" (no source application).
+_ED_PNG_PREFIX = "^IM^PNG^Base64^"
+#: The most Base64 characters of a picture that still keep OBX-5 within ``MAX_OBX5_CHARS``; larger overlays
+#: go by reference.
+MAX_ED_DATA_CHARS = MAX_OBX5_CHARS - len(_ED_PNG_PREFIX)
 _ESCAPES = str.maketrans({"\\": "\\E\\", "|": "\\F\\", "^": "\\S\\", "&": "\\T\\", "~": "\\R\\"})
 
 
@@ -44,6 +49,13 @@ def number(value: float) -> str:
     """An NM value."""
     # NM wants a plain decimal: no exponent, no trailing noise from float32 scores.
     return f"{value:.6f}".rstrip("0").rstrip(".") or "0"
+
+
+def obx_probability(value: float) -> str:
+    """OBX-9, a probability in [0, 1] as NM of at most 5 characters (v2.5): 3 decimals, "0.987", "1", "0"."""
+    # Clamped: a float32 score may stray a hair outside [0, 1], and "-0" or "1.001" is no probability.
+    text = f"{min(max(value, 0.0), 1.0):.3f}".rstrip("0").rstrip(".")
+    return text or "0"
 
 
 def ed_field(source: str, type_of_data: str, subtype: str, encoding: str, data: str) -> Any:
@@ -79,7 +91,7 @@ def parse_oru(er7: str) -> Message:
         else:
             embedded.append(None)
     message = parse_message("\r".join(segments), validation_level=STRICT, find_groups=True)
-    observations = [s for s in _walk(message) if s.name == "OBX"]
+    observations = [s for s in walk(message) if s.name == "OBX"]
     for obx, parts in zip(observations, embedded, strict=True):
         if parts is not None:
             padded = (parts + [""] * 5)[:5]
@@ -90,20 +102,20 @@ def parse_oru(er7: str) -> Message:
     return message
 
 
-def _walk(element: Any) -> list[Any]:
-    """Every segment under ``element``, in message order."""
+def walk(element: Any) -> list[Any]:
+    """Every segment under ``element`` (a message or a group), in message order."""
     found: list[Any] = []
     for child in element.children:
         if child.classname == "Segment":
             found.append(child)
         else:
-            found.extend(_walk(child))
+            found.extend(walk(child))
     return found
 
 
 def segments(message: Message, name: str) -> list[Any]:
     """The segments called ``name`` (e.g. "OBX") anywhere in a parsed message, in order."""
-    return [s for s in _walk(message) if s.name == name]
+    return [s for s in walk(message) if s.name == name]
 
 
 def ed_bytes(obx: Any) -> bytes:

@@ -1,16 +1,22 @@
 """HL7 v2.5 ORU^R01 result messages from allxai results, built and parsed with hl7apy in STRICT mode.
 
-Layout of the message::
+Layout of the message (docs/lis-profile.md is the profile an interface team reads: every field, its length
+and where its value comes from)::
 
-    MSH
+    MSH                        MSH-15/16 empty: original acknowledgement mode
     [PID]                      only with a patient id (PID-3 and PID-5 are required in 2.5)
-    OBR                        OBR-2 the LIS's order (placer) number when given, OBR-3 allxai's request id
-                               (filler number, one per result), OBR-4 the classification, OBR-7 when known
+    ORC                        ORC-1 "RE" (observations follow), ORC-2/ORC-3 as OBR-2/OBR-3
+    OBR                        OBR-2 the LIS's order (placer) number when given, OBR-3 allxai's filler number
+                               (one per result; a final or corrected report repeats it), OBR-4 the
+                               classification, OBR-7 when known, OBR-25 the status (P, F, C; X when nothing
+                               could be classified), OBR-32 the reviewer of a final or corrected report
     NTE                        the AI label in words
     [NTE]                      warnings to read first: outside the training domain, needs review
     OBX CWE  AI label          AIAST (HL7 v3 ObservationValue), the code AI Transparency on FHIR uses
-    OBX ST   model             name and version (also OBX-18 of every OBX)
+    OBX ST   model             name and version (also OBX-18 of every OBX, cut to fit its 22 characters)
+    [OBX ST] request id        allxai's full request id, for the gateway's logs (OBR-3 may hold a hash)
     OBX CWE  predicted class   OBX-9 the confidence; OBX-8 "A" when outside the training domain
+    [NTE]                      a corrected report: who changed the class, and from which
     NTE                        the domain check in words ("The image lies outside the model's training
                                domain ...: not for diagnosis", or that the model has no check)
     NTE                        the prediction set in words, or that the model has no calibration
@@ -23,17 +29,23 @@ Layout of the message::
     OBX ED   overlay           ^IM^PNG^Base64^...  (or RP, a pointer, when too large to embed)
     NTE                        the explanation in words, then its warnings
     OBX ...  specimen summary  cells per class, total, counted (inside the domain), outside the domain,
-                               ambiguous, blast fraction (NTE: what it counts), needs review (Y/N, table
-                               0136, OBX-8 "A" and an NTE with the reason when Y), one CWE per cell (OBX-4
-                               the cell; OBX-8 "A" and an NTE when outside the domain, an NTE when ambiguous)
+                               ambiguous, blast percentage (LOINC when configured; NTE: what it counts),
+                               needs review (Y/N, table 0136, OBX-8 "A" and an NTE with the reason when Y;
+                               an NTE names the cells to review first), one CWE per cell (OBX-4 the cell;
+                               OBX-8 "A" and an NTE when outside the domain, an NTE when ambiguous)
+    OBX CWE  failure           one per image that could not be classified: no value, OBX-11 "X", an NTE
     [SPM]                      only with the LIS's specimen id (SPM-2); SPM-4, required, says the type is
                                not known to allxai
 
-Every OBX carries OBX-19, the date/time of the analysis (when allxai produced the result), and OBX-14, the
-time of the observation, only when the LIS gave it.
+Every OBX carries OBX-11 (the report's status), OBX-19, the date/time of the analysis (when allxai produced
+the result), OBX-14, the time of the observation, only when the LIS gave it, and OBX-16, the reviewer, once a
+person reviewed the report.
 
 HL7 v2.5 has no security-label field (the ARV segment arrived in v2.8), so the AI Transparency label is
 sent as a coded OBX, which a receiving system can match on, and an NTE that any LIS display shows.
+
+Every message is checked against the v2.5 field lengths (``allxai.lis._hl7lengths``): a field too long, such
+as an order id that does not fit OBR-2, raises :class:`FieldTooLong` instead of being sent.
 
 The OBX segments are built in ``allxai.lis._hl7obx``. Escaping, the value types and parsing a message
 back, including how an ED OBX-5 is typed despite hl7apy's strict VARIES typing, are in
@@ -42,13 +54,16 @@ back, including how an ED OBX-5 is typed despite hl7apy's strict VARIES typing, 
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import uuid
 from datetime import UTC, datetime
 from typing import Any
 
 from hl7apy.core import Message  # type: ignore[import-untyped]
 
-from allxai.lis._hl7obx import Builder, classification, overlay, specimen
+from allxai.lis._hl7lengths import MAX_LENGTHS, FieldTooLong, check_lengths
+from allxai.lis._hl7obx import Builder, classification, failures, overlay, specimen
 from allxai.lis._hl7strict import (
     MAX_ED_DATA_CHARS,
     STRICT,
@@ -65,6 +80,8 @@ from allxai.lis._report import (
     AIAST_DISPLAY,
     CODE_AI_LABEL,
     CODE_MODEL,
+    CODE_REQUEST,
+    MAX_FILLER_CHARS,
     SENDING_APPLICATION,
     SERVICE_CODE,
     SERVICE_TEXT,
@@ -74,14 +91,18 @@ from allxai.lis._report import (
 __all__ = [
     "AIAST_HL7_SYSTEM",
     "MAX_ED_DATA_CHARS",
+    "MAX_LENGTHS",
     "SPECIMEN_TYPE_UNKNOWN",
     "STRICT",
     "VERSION",
+    "FieldTooLong",
     "build_oru",
     "check_header",
+    "check_lengths",
     "check_order_namespace",
     "ed_bytes",
     "escape",
+    "filler_number",
     "hl7_time",
     "parse_oru",
     "segments",
@@ -97,28 +118,26 @@ AIAST_HL7_SYSTEM = "HL7V3ObservationValue"
 def check_header(
     *, sending_facility: str = "", receiving_application: str = "", receiving_facility: str = ""
 ) -> None:
-    """Raise hl7apy's error (e.g. ``MaxLengthReached``) when MSH options cannot go into a strict message.
+    """Raise hl7apy's error (e.g. ``MaxLengthReached``) or :class:`FieldTooLong` when MSH options cannot go
+    into a strict v2.5 message.
 
     A watcher calls this once at start-up, so a bad option stops it with a message there rather than failing
     every image.
     """
-    _header(
-        Message("ORU_R01", version=VERSION, validation_level=STRICT),
-        sending_facility,
-        receiving_application,
-        receiving_facility,
-    )
+    message = Message("ORU_R01", version=VERSION, validation_level=STRICT)
+    _header(message, sending_facility, receiving_application, receiving_facility)
+    check_lengths(message)
 
 
 def check_order_namespace(namespace: str) -> None:
-    """Raise hl7apy's error when ``namespace`` cannot be the namespace of OBR-2 (checked at start-up)."""
+    """Raise hl7apy's error, or :class:`FieldTooLong`, when ``namespace`` cannot be the namespace of OBR-2
+    (checked at start-up): even a one-character order id would not fit beside it."""
+    message = Message("ORU_R01", version=VERSION, validation_level=STRICT)
     obr = (
-        Message("ORU_R01", version=VERSION, validation_level=STRICT)
-        .add_group("ORU_R01_PATIENT_RESULT")
-        .add_group("ORU_R01_ORDER_OBSERVATION")
-        .add_segment("OBR")
+        message.add_group("ORU_R01_PATIENT_RESULT").add_group("ORU_R01_ORDER_OBSERVATION").add_segment("OBR")
     )
-    obr.obr_2 = f"0^{escape(namespace)}"
+    obr.obr_2 = _placer("0", namespace)
+    check_lengths(obr)
 
 
 def _header(
@@ -142,25 +161,75 @@ def _header(
     # MSH-10 is at most 20 characters in v2.5.
     msh.msh_10 = control_id or uuid.uuid4().hex[:20]
     msh.msh_11 = processing_id
+    # MSH-15 and MSH-16 stay empty: original acknowledgement mode, one ACK per message (see mllp.py).
     msh.msh_18 = "UNICODE UTF-8"
 
 
+def _placer(order_id: str, namespace: str) -> str:
+    """OBR-2 and ORC-2: the LIS's order number in its namespace (by default the sending application)."""
+    return f"{escape(order_id)}^{escape(namespace or SENDING_APPLICATION)}"
+
+
+def filler_number(report: LabReport) -> str:
+    """OBR-3 and ORC-3's entity identifier: ``report.filler_number``, except that a report of failures only
+    (no request id) is told apart by its images' ids, so two such reports never share a filler number and
+    the second never replaces the first (FHIR seeds its result identifier the same way)."""
+    if report.request_id or not report.failures:
+        return report.filler_number
+    images = ",".join(sorted(f.image_id for f in report.failures))
+    key = report.stable_id(f"result|failed:{images}")  # a UUID: longer than the 15 characters, so hashed
+    digest = base64.b32encode(hashlib.sha256(key.encode()).digest()).decode("ascii")
+    return "H" + digest[: MAX_FILLER_CHARS - 1]
+
+
+def _check_corrections(report: LabReport) -> None:
+    """Raise ``ValueError`` when a correction names a cell the report lacks or disagrees with its class.
+
+    The caller relabels the classification before building, so each correction's label must be the class
+    the report carries; anything else would send a note contradicting the coded result.
+    """
+    cells = report.specimen.cells if report.specimen is not None else []
+    for change in report.corrections:
+        if change.cell == 0:
+            cell = report.cell
+        else:
+            cell = cells[change.cell - 1] if 1 <= change.cell <= len(cells) else None
+        where = "the image" if change.cell == 0 else f"cell {change.cell}"
+        if cell is None:
+            raise ValueError(f"a correction of {where}, which the report does not carry")
+        if cell.label != change.label:
+            raise ValueError(
+                f"the correction of {where} says {change.label!r} but the report's class is {cell.label!r}: "
+                "relabel the classification before building the report"
+            )
+
+
 def _order(order: Any, report: LabReport) -> None:
-    """OBR and its NTE: the LIS's order number, allxai's own result id, the service, the times."""
+    """ORC, OBR and its NTE: the LIS's order number, allxai's own result id, the service, times, status."""
+    placer = _placer(report.order_id, report.order_namespace) if report.order_id else ""
+    # The filler number stays the same for the preliminary, final and corrected reports of one result, so
+    # the later ones replace the first; a different result (another request) has its own.
+    filler = f"{filler_number(report)}^{SENDING_APPLICATION}"
+    orc = order.add_segment("ORC")
+    orc.orc_1 = "RE"  # observations to follow: the ORC of an unsolicited result
+    if placer:
+        orc.orc_2 = placer
+    orc.orc_3 = filler
     obr = order.add_segment("OBR")
     obr.obr_1 = "1"
-    if report.order_id:
-        namespace = escape(report.order_namespace or SENDING_APPLICATION)
-        obr.obr_2 = f"{escape(report.order_id)}^{namespace}"
-    if report.request_id:
-        # One filler number per result: reports about one specimen must not read as replacements.
-        obr.obr_3 = f"{escape(report.request_id)}^{SENDING_APPLICATION}"
+    if placer:
+        obr.obr_2 = placer
+    obr.obr_3 = filler
     obr.obr_4 = coded((SERVICE_CODE, SERVICE_TEXT))
     if report.observed_at is not None:
         obr.obr_7 = hl7_time(report.observed_at)
     obr.obr_22 = hl7_time(report.issued_at)
     obr.obr_24 = "HM"
-    obr.obr_25 = "F" if report.status == "final" else "P"
+    obr.obr_25 = report.hl7_status
+    if report.status != "preliminary" and report.reviewer is not None:
+        # NDL: its first component is CNN, whose parts are subcomponents (id&family&given).
+        who = report.reviewer
+        obr.obr_32 = "&".join(escape(part.strip()) for part in (who.id, who.family, who.given)).rstrip("&")
     # The AI label first, then what must be read before the results (outside the domain, needs review).
     for index, text in enumerate([report.ai_note(), *report.warnings()], start=1):
         note = order.add_segment("NTE")
@@ -177,7 +246,14 @@ def build_oru(
     processing_id: str = "P",
     control_id: str = "",
 ) -> Message:
-    """Build the ORU^R01 message of ``report`` as an hl7apy ``Message`` in STRICT mode (validated)."""
+    """Build the ORU^R01 message of ``report`` as an hl7apy ``Message`` in STRICT mode (validated).
+
+    Raises :class:`~allxai.lis.config.UnmappedClassError` for a model class the LIS configuration has no
+    code for, :class:`FieldTooLong` (a ``ValueError``) for a value longer than its v2.5 field allows (an
+    order id too long for OBR-2, say), ``ValueError`` for corrections the report does not bear out, and
+    hl7apy's errors for anything its strict validation refuses.
+    """
+    _check_corrections(report)
     message = Message("ORU_R01", version=VERSION, validation_level=STRICT)
     _header(message, sending_facility, receiving_application, receiving_facility, processing_id, control_id)
 
@@ -196,10 +272,14 @@ def build_oru(
     b = Builder(order, report)
     b.obx("CWE", CODE_AI_LABEL, f"{AIAST_CODE}^{AIAST_DISPLAY}^{AIAST_HL7_SYSTEM}")
     b.obx("ST", CODE_MODEL, escape(f"{report.model.name} version {report.model_version}"))
+    if report.request_id:
+        # OBR-3 may carry a hash of it (it holds 22 characters): the full id leads to the gateway's logs.
+        b.obx("ST", CODE_REQUEST, escape(report.request_id))
     if report.cell is not None:
         classification(b, report.cell)
     overlay(b)
     specimen(b)
+    failures(b)
     if report.specimen_id:
         spm = order.add_group("ORU_R01_SPECIMEN").add_segment("SPM")
         spm.spm_1 = "1"
@@ -208,6 +288,7 @@ def build_oru(
         spm.spm_2 = f"{escape(report.specimen_id)}&{namespace}"
         spm.spm_4 = coded(SPECIMEN_TYPE_UNKNOWN)
     message.validate()
+    check_lengths(message)
     return message
 
 
