@@ -7,6 +7,8 @@ import json
 from dataclasses import replace
 from typing import Any
 
+import pytest
+
 from allxai.client import (
     SpecimenResult,
 )
@@ -17,6 +19,7 @@ from allxai.lis import (
     parse_bundle,
     to_fhir_json,
 )
+from allxai.lis._report import FHIR_CLASS_SYSTEM
 from tests.lis.reports import (
     MODEL,
     WHEN,
@@ -47,7 +50,7 @@ def test_fhir_bundle_validates_with_presented_form_ai_label_and_device(cell_png:
         e["fullUrl"] for e in json.loads(to_fhir_json(report))["entry"]
     ]
     bundle = parse_bundle(text)  # fhir.resources (R4B models) validates while parsing
-    assert bundle.type == "collection"
+    assert bundle.type == "transaction"
     by_type: dict[str, list[Any]] = {}
     urls: dict[str, Any] = {}
     for entry in bundle.entry:
@@ -67,6 +70,7 @@ def test_fhir_bundle_validates_with_presented_form_ai_label_and_device(cell_png:
     (order,) = diagnostic.basedOn
     assert order.type == "ServiceRequest" and order.identifier.value == "ORD-1"
     assert order.identifier.type.coding[0].code == "PLAC"
+    assert order.identifier.system == "urn:allxai:lis:order"  # lis.toml's [identifiers] order
     assert diagnostic.effectiveDateTime is not None
     label = diagnostic.meta.security[0]
     assert (label.system, label.code, label.display) == (
@@ -84,11 +88,41 @@ def test_fhir_bundle_validates_with_presented_form_ai_label_and_device(cell_png:
         assert [(s.system, s.code) for s in obs.meta.security] == [(AIAST_SYSTEM, AIAST_CODE)]
         assert obs.specimen.reference == diagnostic.specimen[0].reference
     classified = [o for o in observations if o.code.coding[0].code == "ALLXAI-CLASS"]
-    assert [o.valueCodeableConcept.coding[0].code for o in classified] == ["Pro", "Pro", "Benign"]
+    # The LIS's stable class codes (lis.toml), not the model's class names.
+    assert [o.valueCodeableConcept.coding[0].code for o in classified] == ["ALL-PROB", "ALL-PROB", "BENIGN"]
+    assert {o.valueCodeableConcept.coding[0].system for o in classified} == {FHIR_CLASS_SYSTEM}
+    assert classified[0].valueCodeableConcept.text == "Pro-B ALL blast"
+    scores = {c.code.coding[0].code: float(c.valueQuantity.value) for c in classified[0].component[1:5]}
+    assert scores == pytest.approx(
+        {
+            "ALLXAI-P-BENIGN": 0.02,
+            "ALLXAI-P-ALL-EPREB": 0.05,
+            "ALLXAI-P-ALL-PREB": 0.1,
+            "ALLXAI-P-ALL-PROB": 0.83,
+        }
+    )
     confidence = classified[0].component[0]
-    assert confidence.code.coding[0].code == "ALLXAI-CONF" and float(confidence.valueQuantity.value) == 0.83
-    (blast,) = [o for o in observations if o.code.coding[0].code == "ALLXAI-BLAST"]
-    assert float(blast.valueQuantity.value) == 50.0 and blast.valueQuantity.code == "%"
+    assert confidence.code.coding[0].code == "ALLXAI-CONF"
+    assert float(confidence.valueQuantity.value) == pytest.approx(0.83)
+    counts = {
+        o.code.coding[0].code: o.valueQuantity.value
+        for o in observations
+        if o.code.coding[0].code.startswith("ALLXAI-N-")
+    }
+    assert counts == {
+        "ALLXAI-N-BENIGN": 1,
+        "ALLXAI-N-ALL-EPREB": 0,
+        "ALLXAI-N-ALL-PREB": 0,
+        "ALLXAI-N-ALL-PROB": 1,
+    }
+    # The blast percentage: LOINC first (lis.toml's [blast_percentage]), the local code kept second.
+    (blast,) = [o for o in observations if any(c.code == "ALLXAI-BLAST" for c in o.code.coding)]
+    assert [(c.system, c.code) for c in blast.code.coding] == [
+        ("http://loinc.org", "26446-3"),
+        ("urn:allxai:codes", "ALLXAI-BLAST"),
+    ]
+    assert blast.code.text == "Blasts/100 leukocytes in Blood"
+    assert float(blast.valueQuantity.value) == pytest.approx(50.0) and blast.valueQuantity.code == "%"
     (provenance,) = by_type["Provenance"]
     assert provenance.agent[0].who.reference == observations[0].device.reference
     assert {t.reference for t in provenance.target} == {r.reference for r in diagnostic.result} | {
@@ -110,16 +144,19 @@ def test_fhir_interprets_an_image_outside_the_domain_and_gives_its_set() -> None
     assert interpretation["text"] == "Outside the model's training domain: not for diagnosis"
     notes = [n["text"] for n in observation["note"]]
     assert notes[0].startswith("The image lies outside the model's training domain (domain score 41.2")
-    assert notes[1].startswith("Prediction set at 95% coverage: Pro-B ALL, Pre|B & co^.")
+    # The LIS configuration's display names win over the model card's.
+    assert notes[1].startswith("Prediction set at 95% coverage: Pro-B ALL blast, Pre-B ALL blast.")
     parts = {}
     for component in observation["component"]:
         parts.setdefault(_code(component), []).append(component)
     assert parts["ALLXAI-DOMAIN"][0]["valueCodeableConcept"]["coding"][0]["code"] == "OUT"
     (score,) = parts["ALLXAI-DSCORE"]
-    assert score["valueQuantity"]["value"] == 41.2 and score["referenceRange"][0]["high"]["value"] == 12.0
+    assert score["valueQuantity"]["value"] == pytest.approx(41.2)
+    assert score["referenceRange"][0]["high"]["value"] == pytest.approx(12.0)
     assert score["interpretation"][0]["coding"][0]["code"] == "EX"
-    assert [c["valueCodeableConcept"]["coding"][0]["code"] for c in parts["ALLXAI-SET"]] == ["Pro", "Pre"]
-    assert parts["ALLXAI-COVER"][0]["valueQuantity"]["value"] == 0.95
+    set_codes = [c["valueCodeableConcept"]["coding"][0]["code"] for c in parts["ALLXAI-SET"]]
+    assert set_codes == ["ALL-PROB", "ALL-PREB"]
+    assert parts["ALLXAI-COVER"][0]["valueQuantity"]["value"] == pytest.approx(0.95)
     (diagnostic,) = resources["DiagnosticReport"]
     assert diagnostic["conclusion"].endswith(
         "WARNING: the image lies outside the model's training domain; its classification is not for "
@@ -158,7 +195,7 @@ def test_fhir_specimen_counts_cells_outside_the_domain_and_says_it_needs_review(
     (review,) = by_code["ALLXAI-REVIEW"]
     assert review["valueBoolean"] is True
     assert review["note"][0]["text"].startswith("Needs review: 2 of 4 cells (50%) lie outside")
-    (blast,) = by_code["ALLXAI-BLAST"]
+    (blast,) = by_code["26446-3"]  # the LOINC code comes first
     assert blast["note"][0]["text"].startswith("The blast fraction counts only the 2 of 4 cells inside")
     cells = by_code["ALLXAI-CLASS"][1:]  # after the explained image's own
     assert ["interpretation" in c for c in cells] == [True, False, False, True]
