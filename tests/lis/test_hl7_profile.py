@@ -239,6 +239,9 @@ def test_a_corrected_single_image_says_who_changed_which_class() -> None:
         ai_note
     )
     assert "Reason: Nucleolus visible." in ai_note
+    # A reviewer's reason may be any length: the note is cut like every other note.
+    wordy = parse_oru(to_oru(replace(report, correction_note="because " * 1000)))
+    assert len(segments(wordy, "NTE")[0].nte_3.to_er7()) == 2000
 
 
 def test_a_corrected_specimen_notes_the_change_under_that_cell_only() -> None:

@@ -86,6 +86,7 @@ from allxai.lis._report import (
     SERVICE_CODE,
     SERVICE_TEXT,
     LabReport,
+    note_text,
 )
 
 __all__ = [
@@ -234,7 +235,7 @@ def _order(order: Any, report: LabReport) -> None:
     for index, text in enumerate([report.ai_note(), *report.warnings()], start=1):
         note = order.add_segment("NTE")
         note.nte_1 = str(index)
-        note.nte_3 = escape(text)
+        note.nte_3 = escape(note_text(text))  # a reviewer's reason could be any length
 
 
 def build_oru(
