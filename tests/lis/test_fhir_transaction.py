@@ -451,3 +451,19 @@ def test_bundle_key_ignores_rebuilds_and_follows_the_review() -> None:
     final = replace(report, status="final", reviewer=REVIEWER)
     assert bundle_key(final) != bundle_key(report)
     assert bundle_key(final) != bundle_key(replace(final, reviewer=Reviewer("HAEM2")))
+
+
+def test_an_image_that_failed_twice_gets_two_observations() -> None:
+    twice = (Failure("bad.png", "DECODE", "cannot decode"), Failure("bad.png", "TIMEOUT", "no answer"))
+    document = _bundle(LabReport(MODEL, failures=twice))
+    keys = [e["resource"]["identifier"][0]["value"] for e in _entries(document, "Observation")]
+    assert len(set(keys)) == 2
+
+
+def test_a_preliminary_report_names_no_interpreter_even_with_a_reviewer_given() -> None:
+    """AI output nobody has confirmed: no Practitioner, no verifier, whoever the caller names."""
+    document = _bundle(LabReport(MODEL, classification=_cell(), reviewer=REVIEWER))
+    assert not _entries(document, "Practitioner")
+    assert "resultsInterpreter" not in _one(document, "DiagnosticReport")["resource"]
+    assert len(_one(document, "Provenance")["resource"]["agent"]) == 1
+    assert document["identifier"]["value"] == bundle_key(LabReport(MODEL, classification=_cell()))

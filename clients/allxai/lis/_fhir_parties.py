@@ -104,9 +104,10 @@ def laboratory(report: LabReport) -> Party:
 
 
 def practitioner(report: LabReport) -> Party | None:
-    """The person who confirmed or corrected the report (None for a preliminary one)."""
+    """The person who confirmed or corrected the report (None for a preliminary one, whoever is named: AI
+    output nobody has confirmed has no interpreter)."""
     reviewer = report.reviewer
-    if reviewer is None:
+    if reviewer is None or report.status == "preliminary":
         return None
     system = report.config.systems.practitioner
     resource: dict[str, Any] = {

@@ -70,7 +70,7 @@ def result_key(report: LabReport) -> str:
 
 def revision(report: LabReport) -> str:
     """What tells the bundles of one report apart: its status, reviewer and corrections (16 hex digits)."""
-    reviewer = report.reviewer.id if report.reviewer is not None else ""
+    reviewer = report.reviewer.id if report.reviewer is not None and report.status != "preliminary" else ""
     changes = [[c.cell, c.ai_label, c.label] for c in report.corrections]
     seed = json.dumps([report.status, reviewer, changes, report.correction_note.strip()])
     return hashlib.sha256(seed.encode()).hexdigest()[:16]
