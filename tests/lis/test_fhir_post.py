@@ -193,6 +193,13 @@ class Receiver:
             pass  # the client timed out and left: nobody to answer
 
 
+@pytest.fixture(autouse=True)
+def _no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
+    """urllib honours the proxy variables, as the sender should in a hospital; the receiver is local."""
+    for name in ("no_proxy", "NO_PROXY"):
+        monkeypatch.setenv(name, "127.0.0.1,localhost")
+
+
 @pytest.fixture
 def receiver_factory() -> Iterator[Any]:
     made: list[Receiver] = []
