@@ -69,6 +69,28 @@ async def explain_forever(
             running.set()
 
 
+async def explain_seconds(stub: pb_grpc.DiagnosisServiceStub, png: bytes, samples: int, busy: bool) -> float:
+    """How long one explanation takes alone, or (``busy``) beside Classify calls made back to back: the
+    price explanations pay for Classify's priority."""
+    options = pb.ExplainOptions(num_samples=samples, seed=2)
+    request = pb.ExplainRequest(image=pb.Image(data=png), options=options)
+    stop = asyncio.Event()
+
+    async def classify_until_stopped() -> None:
+        classify = pb.ClassifyRequest(image=pb.Image(data=png))
+        while not stop.is_set():
+            await stub.Classify(classify, timeout=60)
+
+    pressure = asyncio.create_task(classify_until_stopped()) if busy else None
+    started = time.perf_counter()
+    await stub.Explain(request, timeout=600)
+    took = time.perf_counter() - started
+    stop.set()
+    if pressure is not None:
+        await pressure
+    return took
+
+
 async def batch_seconds(stub: pb_grpc.DiagnosisServiceStub, png: bytes, size: int) -> float:
     """The model's time for one batch of ``BATCH`` images (the server's own figure), median of 5."""
     request = pb.ClassifySpecimenRequest(images=[pb.Image(data=png)] * size)
@@ -78,7 +100,7 @@ async def batch_seconds(stub: pb_grpc.DiagnosisServiceStub, png: bytes, size: in
 
 async def run(target: str, args: argparse.Namespace) -> dict[str, list[float]]:
     png = cell_png()
-    found: dict[str, list[float]] = {"idle": [], "loaded": [], "batch": []}
+    found: dict[str, list[float]] = {"idle": [], "loaded": [], "batch": [], "alone": [], "beside": []}
     async with grpc.aio.insecure_channel(target) as channel:
         stub = pb_grpc.DiagnosisServiceStub(channel)
         await classify_loop(stub, png, 2.0)  # warm-up, not counted
@@ -96,6 +118,8 @@ async def run(target: str, args: argparse.Namespace) -> dict[str, list[float]]:
                     await task
             found["batch"].append(await batch_seconds(stub, png, args.batch))
             print(f"  round {round_ + 1}/{args.rounds} done", flush=True)
+        found["alone"].append(await explain_seconds(stub, png, args.samples, busy=False))
+        found["beside"].append(await explain_seconds(stub, png, args.samples, busy=True))
     return found
 
 
@@ -136,6 +160,11 @@ def main() -> int:
         lat = found[phase]
         p50, p99 = percentile(lat, 50) * 1000, percentile(lat, 99) * 1000
         print(f"| {phase} | {len(lat)} | {p50:.1f} ms | {p99:.1f} ms |")
+    alone, beside = found["alone"][0], found["beside"][0]
+    print(
+        f"one explanation of {args.samples} samples: {alone:.1f} s alone, {beside:.1f} s beside Classify "
+        f"calls made back to back (ratio {beside / alone:.1f}: what Classify's priority costs explanations)"
+    )
     idle99, load99 = percentile(found["idle"], 99), percentile(found["loaded"], 99)
     ok = load99 <= idle99 + batch
     print(

@@ -133,6 +133,7 @@ def make_backend(settings: Settings) -> Backend:
         class_names=settings.class_names,
         reserved_threads=settings.predict_reserved_threads,
         bulk_batch_size=settings.explain_model_batch_size,
+        bulk_max_defer=settings.explain_yield_ms / 1000,
     )
 
 

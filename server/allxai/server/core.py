@@ -66,7 +66,8 @@ class Diagnosis:
     ) -> ClassifyOutcome:
         """Classify one encoded image, with the domain check and the prediction set at level ``alpha``."""
         async with self._classifications:
-            return await self._classify(data, spec, timeout, alpha)
+            with self._backend.interactive():
+                return await self._classify(data, spec, timeout, alpha)
 
     async def _classify(
         self, data: bytes, spec: ModelSpec, timeout: float | None, alpha: float | None
@@ -103,7 +104,8 @@ class Diagnosis:
     ) -> SpecimenOutcome:
         """Classify every cell of a specimen in batches, and summarise the cells inside the domain."""
         async with self._classifications:
-            return await self._classify_specimen(images, spec, timeout, alpha)
+            with self._backend.interactive():
+                return await self._classify_specimen(images, spec, timeout, alpha)
 
     async def _classify_specimen(
         self, images: list[bytes], spec: ModelSpec, timeout: float | None, alpha: float | None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Sequence
+from contextlib import AbstractContextManager
 from wsgiref.simple_server import WSGIServer
 
 import numpy as np
@@ -142,6 +143,10 @@ class InstrumentedBackend:
     async def resolve(self, spec: ModelSpec, timeout: float | None = None) -> ModelInfo:
         """Resolve with the inner backend."""
         return await self._inner.resolve(spec, timeout)
+
+    def interactive(self) -> AbstractContextManager[None]:
+        """The inner backend's interactive scope."""
+        return self._inner.interactive()
 
     async def predict(
         self,

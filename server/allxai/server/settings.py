@@ -79,6 +79,15 @@ class Settings(BaseSettings):
             "never waits for an explanation batch to end (at most predict_threads - 1)."
         ),
     )
+    explain_yield_ms: int = Field(
+        500,
+        ge=0,
+        description=(
+            "How long an explanation batch of the embedded model waits, at most, while a classification "
+            "is in progress, so that Classify does not share the cores with batch after batch "
+            "(0: never wait)."
+        ),
+    )
     explain_default_samples: int = Field(1000, gt=0, description="LIME samples when a request sets none.")
     explain_max_samples: int = Field(10000, gt=0, description="Most LIME samples a request may ask for.")
     explain_max_in_flight: int = Field(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -108,6 +109,10 @@ class Backend(Protocol):
 
     async def resolve(self, spec: ModelSpec, timeout: float | None = None) -> ModelInfo:
         """The model a spec names, or raise ``ModelNotFound``; ``timeout`` bounds any remote lookup."""
+
+    def interactive(self) -> AbstractContextManager[None]:
+        """A scope around a whole interactive call (Classify, from decoding to the answer), during which
+        the backend holds its bulk work back where it shares the gateway's cores with it."""
 
     async def predict(
         self,

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Awaitable, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ from allxai.contract import names as contract
 from allxai.explainer.perturb import Composition
 from allxai.server.backends import signature
 from allxai.server.backends.base import Lane, ModelInfo, ModelSpec, compose_inputs
-from allxai.server.backends.workers import Coalescer, PriorityPool
+from allxai.server.backends.workers import Coalescer, InteractiveGate, PriorityPool
 from allxai.server.errors import BackendError, BackendUnavailable, DeadlineExceeded, ModelNotFound
 
 log = logging.getLogger(__name__)
@@ -73,6 +74,7 @@ class EmbeddedBackend:
         class_names: dict[str, list[str]] | None = None,
         reserved_threads: int = 1,
         bulk_batch_size: int | None = None,
+        bulk_max_defer: float = 0.0,
     ) -> None:
         self._base = base
         self._default = default_model
@@ -84,7 +86,9 @@ class EmbeddedBackend:
         self._bulk_batch = min(bulk_batch_size or batch_size, batch_size)
         self._threads = threads
         # Threads kept for interactive work (Classify); a single thread cannot be kept from bulk work.
-        self._pool = PriorityPool(threads, "allxai-model", min(reserved_threads, threads - 1))
+        # Explanation batches wait (up to bulk_max_defer s) while a classification is in progress.
+        self._gate = InteractiveGate(bulk_max_defer)
+        self._pool = PriorityPool(threads, "allxai-model", min(reserved_threads, threads - 1), self._gate)
         self._models: dict[tuple[str, int], _Loaded] = {}
         self._ready = False
         self._closed = False
@@ -145,6 +149,10 @@ class EmbeddedBackend:
             self._threads,
         )
         return _Loaded(info, saved, serve, saved.signatures.get(contract.COMPOSE_SIGNATURE), coalescer)
+
+    def interactive(self) -> AbstractContextManager[None]:
+        """Hold explanation batches back while the classification in this scope is in progress."""
+        return self._gate.active()
 
     async def check(self) -> bool:
         """Loaded models stay loaded: ready from the end of ``start`` to ``close``."""

@@ -26,6 +26,7 @@ import asyncio
 import importlib
 import logging
 import time
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import numpy as np
@@ -109,6 +110,10 @@ class TFServingBackend:
                     waited = 0.0
                 await asyncio.sleep(self._poll)
                 waited += self._poll
+
+    def interactive(self) -> AbstractContextManager[None]:
+        """No scope: Classify has connections of its own, and the model server's cores are not ours."""
+        return nullcontext()
 
     async def check(self) -> bool:
         """Whether every model still has an AVAILABLE version (for the health service)."""

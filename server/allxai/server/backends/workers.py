@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import heapq
 import itertools
 import threading
+import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +18,66 @@ import numpy.typing as npt
 
 #: The priority of the stop marker: after all queued work.
 _STOP = 2**31
+
+
+class InteractiveGate:
+    """Holds bulk model work back while interactive calls (Classify) are in progress, for at most
+    ``max_defer`` seconds per job.
+
+    A reserved thread lets a classification start at once, but on a CPU it then shares the cores with
+    whatever explanation batch runs beside it, and with the next one, and the next: back-to-back batches
+    slowed every classification about twofold. With the gate a batch starts only between classifications,
+    so one overlaps at most the batch already running when it arrived. ``max_defer`` bounds the wait, so
+    a stream of classifications slows explanations but never starves them. Thread-safe; the counter is
+    entered from the event loop and waited on by the model threads.
+    """
+
+    def __init__(self, max_defer: float, settle: float = 0.005) -> None:
+        self.max_defer = max_defer
+        #: How long the gate must stay clear before bulk work goes: a client that sends its next
+        #: classification as soon as it has the last answer is a few ms away, and a batch started in that
+        #: gap would run beside the whole of it.
+        self.settle = settle
+        self._active = 0
+        self._cleared_at = 0.0
+        self._clear = threading.Condition()
+
+    @contextlib.contextmanager
+    def active(self) -> Iterator[None]:
+        """Mark an interactive call in progress for the duration of the ``with`` block."""
+        with self._clear:
+            self._active += 1
+        try:
+            yield
+        finally:
+            with self._clear:
+                self._active -= 1
+                if self._active == 0:
+                    self._cleared_at = time.monotonic()
+                    self._clear.notify_all()
+
+    @property
+    def busy(self) -> bool:
+        """Whether an interactive call is in progress."""
+        return self._active > 0
+
+    def wait_clear(self) -> None:
+        """Wait until no interactive call is in progress, or ``max_defer`` seconds have passed."""
+        if self.max_defer <= 0:
+            return
+        deadline = time.monotonic() + self.max_defer
+        with self._clear:
+            while True:
+                now = time.monotonic()
+                if now >= deadline:
+                    return
+                if self._active == 0:
+                    quiet = now - self._cleared_at
+                    if quiet >= self.settle:
+                        return
+                    self._clear.wait(min(self.settle - quiet, deadline - now))
+                else:
+                    self._clear.wait(deadline - now)
 
 
 class PriorityPool:
@@ -27,9 +89,12 @@ class PriorityPool:
     runs on it, so a classification starts at once and only shares the cores with the batches in progress.
     """
 
-    def __init__(self, threads: int, name: str, reserved: int = 0) -> None:
+    def __init__(
+        self, threads: int, name: str, reserved: int = 0, gate: InteractiveGate | None = None
+    ) -> None:
         if not 0 <= reserved < threads:
             raise ValueError(f"reserve 0 to {threads - 1} of {threads} threads (some must run bulk work)")
+        self._gate = gate
         self._heap: list[tuple[int, int, Callable[[], None] | None]] = []
         self._ready = threading.Condition()
         self._order = itertools.count()
@@ -45,11 +110,13 @@ class PriorityPool:
             with self._ready:
                 while not self._heap or (interactive_only and self._heap[0][0] not in (0, _STOP)):
                     self._ready.wait()
-                _, _, job = heapq.heappop(self._heap)
+                priority, _, job = heapq.heappop(self._heap)
                 # A reserved thread may wait for the stop behind bulk work this pop uncovered.
                 self._ready.notify_all()
             if job is None:
                 return
+            if priority > 0 and self._gate is not None:
+                self._gate.wait_clear()  # bulk work yields to classifications in progress
             job()
 
     def submit(self, priority: int, fn: Callable[..., Any], *args: Any) -> asyncio.Future[Any]:
