@@ -26,7 +26,7 @@ from allxai.lis._watcher import Watcher
 from allxai.lis.mllp import Ack, AckError, MllpSender, frame, parse_ack
 from allxai.lis.outbox import Outbox, control_id_of
 from tests.conftest import png_bytes
-from tests.lis.test_lis import FakeClient
+from tests.lis.test_watcher import FakeClient
 
 WAIT = 20.0  # bounds a wait that fails; a passing test never waits this long
 
