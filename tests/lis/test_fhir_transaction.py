@@ -32,6 +32,14 @@ REVIEWER = Reviewer("HAEM1", "Haem", "Dr A.")
 PARTIES = ("Patient", "Specimen", "Device", "Organization", "Practitioner")
 XHTML = "{http://www.w3.org/1999/xhtml}div"
 
+
+def _relabelled(specimen: SpecimenResult, cell: int, label: str) -> SpecimenResult:
+    """The specimen with cell ``cell`` (1-based) given the reviewer's ``label``, as a correction needs."""
+    cells = list(specimen.cells)
+    cells[cell - 1] = replace(cells[cell - 1], label=label)
+    return replace(specimen, cells=cells)
+
+
 #: Every kind of report the adapter sends, by name (``png`` is the explanation's overlay).
 KINDS: dict[str, Callable[[bytes], LabReport]] = {
     "single image": lambda png: LabReport(MODEL, classification=_gated("ood"), issued_at=ISSUED),
@@ -46,7 +54,7 @@ KINDS: dict[str, Callable[[bytes], LabReport]] = {
     ),
     "corrected": lambda png: LabReport(
         MODEL,
-        specimen=_gated_specimen(),
+        specimen=_relabelled(_gated_specimen(), 2, "Benign"),
         specimen_id="S-1",
         status="corrected",
         reviewer=REVIEWER,
@@ -291,8 +299,20 @@ def test_a_later_status_updates_the_same_resources_under_a_new_bundle_key() -> N
     versions = [
         base,
         replace(base, status="final", reviewer=REVIEWER),
-        replace(base, status="corrected", reviewer=REVIEWER, corrections=(Correction(1, "Pro", "Pre"),)),
-        replace(base, status="corrected", reviewer=REVIEWER, corrections=(Correction(1, "Pro", "Benign"),)),
+        replace(
+            base,
+            specimen=_relabelled(specimen, 1, "Pre"),
+            status="corrected",
+            reviewer=REVIEWER,
+            corrections=(Correction(1, "Pro", "Pre"),),
+        ),
+        replace(
+            base,
+            specimen=_relabelled(specimen, 1, "Benign"),
+            status="corrected",
+            reviewer=REVIEWER,
+            corrections=(Correction(1, "Pro", "Benign"),),
+        ),
     ]
     documents = [_bundle(report) for report in versions]
 
@@ -374,15 +394,14 @@ def test_a_corrected_report_notes_the_change_on_the_corrected_cell() -> None:
 
 def test_a_correction_of_a_cell_the_report_lacks_is_refused() -> None:
     for cell in (0, 5):
-        report = LabReport(
-            MODEL,
-            specimen=_gated_specimen(),
-            status="corrected",
-            reviewer=REVIEWER,
-            corrections=(Correction(cell, "Pro", "Pre"),),
-        )
         with pytest.raises(ValueError, match="correction of"):
-            to_fhir_json(report)
+            LabReport(
+                MODEL,
+                specimen=_gated_specimen(),
+                status="corrected",
+                reviewer=REVIEWER,
+                corrections=(Correction(cell, "Pro", "Pre"),),
+            )
 
 
 def test_a_report_of_failures_only_is_cancelled_and_says_why() -> None:

@@ -51,15 +51,8 @@ def update_by_id(resource_type: str, resource_id: str) -> dict[str, str]:
 
 
 def stable_id(report: LabReport, role: str) -> str:
-    """``report.stable_id(role)``, told apart by the failed images' ids when the report has no request id.
-
-    A report of failures only carries no request id, so without their image ids two such reports about the
-    same specimen (or about none) would share their identifiers, and the second would replace the first.
-    """
-    if report.request_id or not report.failures:
-        return report.stable_id(role)
-    images = ",".join(sorted(f.image_id for f in report.failures))
-    return report.stable_id(f"{role}|failed:{images}")
+    """``report.stable_id(role)`` (which tells reports of failures only apart by their images)."""
+    return report.stable_id(role)
 
 
 def result_key(report: LabReport) -> str:

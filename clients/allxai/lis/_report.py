@@ -195,6 +195,25 @@ class LabReport:
             )
         if self.corrections and self.status != "corrected":
             raise ValueError("corrections belong in a corrected report")
+        self._check_corrections()
+
+    def _check_corrections(self) -> None:
+        """Refuse a correction of a cell the report lacks, or one whose label is not the class the report
+        carries (the caller relabels first): either would send a note that contradicts the coded result."""
+        cells = self.specimen.cells if self.specimen is not None else []
+        for change in self.corrections:
+            where = "the image" if change.cell == 0 else f"cell {change.cell}"
+            if change.cell == 0:
+                cell = self.cell
+            else:
+                cell = cells[change.cell - 1] if 1 <= change.cell <= len(cells) else None
+            if cell is None:
+                raise ValueError(f"a correction of {where}, which the report does not carry")
+            if cell.label != change.label:
+                raise ValueError(
+                    f"the correction of {where} says {change.label!r} but the report's class is "
+                    f"{cell.label!r}: relabel the classification before building the report"
+                )
 
     @property
     def reviewed_by(self) -> str:
@@ -274,8 +293,12 @@ class LabReport:
     def stable_id(self, role: str) -> str:
         """A UUID fixed by this report and a role: rebuilding the same report gives the same identifiers."""
         observed = self.observed_at.isoformat() if self.observed_at is not None else ""
-        seed = "|".join([self.request_id, self.specimen_id, self.order_id, observed, role])
-        return str(uuid.uuid5(uuid.NAMESPACE_URL, f"urn:allxai:{seed}"))
+        parts = [self.request_id, self.specimen_id, self.order_id, observed, role]
+        if not self.request_id and self.failures:
+            # A report of failures only has no request id: its images' ids tell two such reports apart, so
+            # the second never replaces the first (same filler number, same FHIR identifiers).
+            parts.append("failed:" + ",".join(sorted(f.image_id for f in self.failures)))
+        return str(uuid.uuid5(uuid.NAMESPACE_URL, f"urn:allxai:{'|'.join(parts)}"))
 
     def warnings(self) -> list[str]:
         """What the reader must know before anything else, empty when there is nothing to say.

@@ -72,17 +72,6 @@ def _cells(count: int) -> dict[str, Any]:
     return {"valueQuantity": {"value": count, "unit": "cells", "system": UCUM, "code": "{cells}"}}
 
 
-def _check_corrections(report: LabReport) -> None:
-    """Refuse a correction of a cell the report does not have: its note would be lost without a word."""
-    cells = len(report.specimen.cells) if report.specimen is not None else 0
-    for correction in report.corrections:
-        if correction.cell == 0:
-            if report.cell is None:
-                raise ValueError("a correction of the image (cell 0) in a report without a single image")
-        elif not 1 <= correction.cell <= cells:
-            raise ValueError(f"a correction of cell {correction.cell}, but the specimen has {cells} cells")
-
-
 def _explanation(r: Resources) -> dict[str, str] | None:
     e = r.report.explanation
     if e is None:
@@ -150,7 +139,6 @@ def build_bundle(report: LabReport) -> Bundle:
     ``ValueError`` for a correction of a cell the report lacks; ``UnmappedClassError`` for a model class
     without a code in the LIS configuration.
     """
-    _check_corrections(report)
     r = Resources(report)
     results: list[dict[str, str]] = []
     if report.cell is not None:

@@ -54,8 +54,6 @@ back, including how an ED OBX-5 is typed despite hl7apy's strict VARIES typing, 
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -81,7 +79,6 @@ from allxai.lis._report import (
     CODE_AI_LABEL,
     CODE_MODEL,
     CODE_REQUEST,
-    MAX_FILLER_CHARS,
     SENDING_APPLICATION,
     SERVICE_CODE,
     SERVICE_TEXT,
@@ -172,37 +169,8 @@ def _placer(order_id: str, namespace: str) -> str:
 
 
 def filler_number(report: LabReport) -> str:
-    """OBR-3 and ORC-3's entity identifier: ``report.filler_number``, except that a report of failures only
-    (no request id) is told apart by its images' ids, so two such reports never share a filler number and
-    the second never replaces the first (FHIR seeds its result identifier the same way)."""
-    if report.request_id or not report.failures:
-        return report.filler_number
-    images = ",".join(sorted(f.image_id for f in report.failures))
-    key = report.stable_id(f"result|failed:{images}")  # a UUID: longer than the 15 characters, so hashed
-    digest = base64.b32encode(hashlib.sha256(key.encode()).digest()).decode("ascii")
-    return "H" + digest[: MAX_FILLER_CHARS - 1]
-
-
-def _check_corrections(report: LabReport) -> None:
-    """Raise ``ValueError`` when a correction names a cell the report lacks or disagrees with its class.
-
-    The caller relabels the classification before building, so each correction's label must be the class
-    the report carries; anything else would send a note contradicting the coded result.
-    """
-    cells = report.specimen.cells if report.specimen is not None else []
-    for change in report.corrections:
-        if change.cell == 0:
-            cell = report.cell
-        else:
-            cell = cells[change.cell - 1] if 1 <= change.cell <= len(cells) else None
-        where = "the image" if change.cell == 0 else f"cell {change.cell}"
-        if cell is None:
-            raise ValueError(f"a correction of {where}, which the report does not carry")
-        if cell.label != change.label:
-            raise ValueError(
-                f"the correction of {where} says {change.label!r} but the report's class is {cell.label!r}: "
-                "relabel the classification before building the report"
-            )
+    """OBR-3 and ORC-3's entity identifier (``report.filler_number``)."""
+    return report.filler_number
 
 
 def _order(order: Any, report: LabReport) -> None:
@@ -254,7 +222,6 @@ def build_oru(
     order id too long for OBR-2, say), ``ValueError`` for corrections the report does not bear out, and
     hl7apy's errors for anything its strict validation refuses.
     """
-    _check_corrections(report)
     message = Message("ORU_R01", version=VERSION, validation_level=STRICT)
     _header(message, sending_facility, receiving_application, receiving_facility, processing_id, control_id)
 
