@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any, Literal
 
 import pytest
@@ -31,6 +32,8 @@ from allxai.lis.fhir_post import (
     post_transaction,
     retry_after_seconds,
 )
+from allxai.lis.hl7 import to_oru
+from allxai.lis.outbox import Outbox
 from tests.lis.reports import ISSUED, MODEL, _cell, _gated_specimen
 
 WAIT = 20.0  # bounds a wait that fails; a passing test never waits this long
@@ -459,3 +462,52 @@ def test_only_http_urls_and_bundles_with_an_identifier_are_taken() -> None:
         bundle_identifier('{"resourceType": "Bundle", "type": "transaction"}')
     with pytest.raises(ValueError, match="identifier"):
         bundle_identifier("MSH|^~\\&|")
+
+
+def test_the_real_outbox_feeds_the_sender_its_own_kind_and_survives_a_reopen(
+    receiver_factory: Any, tmp_path: Path
+) -> None:
+    receiver = receiver_factory(["503"])
+    path = tmp_path / "outbox.sqlite"
+    report = _report()
+    with Outbox(path) as hl7_box:
+        hl7_control, _ = hl7_box.put(to_oru(report))  # the MLLP sender's, in front
+    with Outbox(path) as fhir_box:  # reopened, as after a restart of the watcher
+        text = to_fhir_json(report)
+        key, added = fhir_box.put(text, source="cell-1.png", kind="fhir", key=bundle_identifier(text))
+        assert added and not fhir_box.put(text, kind="fhir", key=key)[1]  # the key stores it once
+        with pytest.raises(ValueError, match="needs its key"):
+            fhir_box.put(text, kind="fhir")
+        sender = _sender(fhir_box, receiver.url)  # type: ignore[arg-type]
+        sender.start()
+        try:
+            assert sender.drain(WAIT)
+        finally:
+            sender.stop(WAIT)
+        assert receiver.keys() == [key, key]
+        entry = fhir_box.get(key)
+        assert entry is not None and (entry.kind, entry.state, entry.ack_code) == ("fhir", "done", "HTTP 200")
+        assert fhir_box.depth("fhir") == {"pending": 0, "done": 1, "failed": 0}
+        assert fhir_box.depth("hl7") == {"pending": 1, "done": 0, "failed": 0}  # untouched
+        head = fhir_box.head()
+        assert head is not None and head[0].control_id == hl7_control
+
+
+def test_an_outbox_of_the_first_version_is_read_as_hl7(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "old.sqlite"
+    with sqlite3.connect(path) as db:  # the schema before kinds, with one message queued
+        db.execute(
+            "CREATE TABLE messages (seq INTEGER PRIMARY KEY AUTOINCREMENT, control_id TEXT NOT NULL UNIQUE, "
+            "source TEXT NOT NULL DEFAULT '', state TEXT NOT NULL DEFAULT 'pending', body TEXT NOT NULL, "
+            "attempts INTEGER NOT NULL DEFAULT 0, ack_code TEXT NOT NULL DEFAULT '', "
+            "reason TEXT NOT NULL DEFAULT '', created_at REAL NOT NULL, updated_at REAL NOT NULL)"
+        )
+        db.execute(
+            "INSERT INTO messages (control_id, body, created_at, updated_at) VALUES ('OLD-1', 'MSH|x', 1, 1)"
+        )
+    with Outbox(path) as outbox:
+        head = outbox.head("hl7")
+        assert head is not None and (head[0].control_id, head[0].kind) == ("OLD-1", "hl7")
+        assert outbox.head("fhir") is None

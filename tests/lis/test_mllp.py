@@ -214,13 +214,13 @@ def test_outbox_failed_messages_wait_for_a_person(tmp_path: Path) -> None:
         box.mark_failed("a", "AE", "Order unknown")
         head = box.head()
         assert head is not None and head[0].control_id == "b"  # a refused message does not hold up the rest
-        assert 'allxai_lis_outbox_messages{state="failed"} 1' in metrics.read_text()
+        assert 'allxai_lis_outbox_messages{kind="hl7",state="failed"} 1' in metrics.read_text()
         assert not box.retry("b")  # only failed messages are retried by hand
         assert box.retry("a")
         head = box.head()
         assert head is not None and head[0].control_id == "a"  # its place in the order is kept
         assert box.drop("b") and not box.drop("b")
-        assert 'allxai_lis_outbox_messages{state="pending"} 1' in metrics.read_text()
+        assert 'allxai_lis_outbox_messages{kind="hl7",state="pending"} 1' in metrics.read_text()
 
 
 @pytest.mark.parametrize("text", ["", "PID|1", "MSH|^~\\&|A||B||2026||ORU^R01|"])
@@ -359,7 +359,7 @@ def test_watch_once_sends_over_mllp_and_waits_for_the_acks(
     ]
     assert watch.main([*argv, "--metrics-file", str(metrics)]) == 0
     assert len(set(receiver.accepted)) == 2
-    assert 'allxai_lis_outbox_messages{state="done"} 2' in metrics.read_text()
+    assert 'allxai_lis_outbox_messages{kind="hl7",state="done"} 2' in metrics.read_text()
     assert files.output(tmp_path / "S1.png", files.HL7_SUFFIX).exists()  # the files are written as before
     with Outbox(tmp_path / commands.DEFAULT_OUTBOX_NAME) as box:
         assert box.depth() == {"pending": 0, "done": 2, "failed": 0}

@@ -1,4 +1,8 @@
-"""The durable outbox of HL7 messages for the MLLP sender: one SQLite file in WAL mode, keyed by MSH-10.
+"""The durable outbox of the LIS senders: one SQLite file in WAL mode, keyed by each message's own id.
+
+It holds two kinds: ``hl7`` messages for the MLLP sender, keyed by MSH-10, and ``fhir`` transaction bundles
+for the FHIR sender (``allxai.lis.fhir_post``), keyed by ``Bundle.identifier``. Each sender takes only its
+kind.
 
 A message is ``pending`` from ``put`` until the LIS answers: AA (or CA) makes it ``done``, AE or AR makes it
 ``failed`` with the reason, which a person reads (``allxai lis outbox list``) and then retries or drops by
@@ -42,7 +46,9 @@ CREATE TABLE IF NOT EXISTS messages (
 CREATE INDEX IF NOT EXISTS messages_state ON messages (state, seq);
 CREATE INDEX IF NOT EXISTS messages_source ON messages (source);
 """
-_COLUMNS = "seq, control_id, source, state, attempts, ack_code, reason, created_at, updated_at"
+#: The kinds of message: HL7 v2 for MLLP, FHIR bundles for a FHIR server.
+KINDS = ("hl7", "fhir")
+_COLUMNS = "seq, control_id, source, state, attempts, ack_code, reason, created_at, updated_at, kind"
 
 
 @dataclass(frozen=True)
@@ -58,6 +64,7 @@ class Entry:
     reason: str
     created_at: float
     updated_at: float
+    kind: str = "hl7"
 
 
 def control_id_of(message: str) -> str:
@@ -90,6 +97,10 @@ class Outbox:
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=FULL")  # WAL with NORMAL may lose the last commits on power loss
         self._db.executescript(_SCHEMA)
+        columns = {row[1] for row in self._db.execute("PRAGMA table_info(messages)")}
+        if "kind" not in columns:  # an outbox of the first version: every message in it is HL7
+            self._db.execute("ALTER TABLE messages ADD COLUMN kind TEXT NOT NULL DEFAULT 'hl7'")
+        self._db.execute("CREATE INDEX IF NOT EXISTS messages_kind ON messages (kind, state, seq)")
         self._db.execute(
             "DELETE FROM messages WHERE state = 'done' AND updated_at < ?", (time.time() - KEEP_DONE,)
         )
@@ -106,37 +117,53 @@ class Outbox:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def put(self, message: str, *, source: str = "") -> tuple[str, bool]:
-        """Queue ``message``; returns its control id and whether it is new (False: that id is known already).
+    def put(self, message: str, *, source: str = "", kind: str = "hl7", key: str = "") -> tuple[str, bool]:
+        """Queue ``message``; returns its key and whether it is new (False: that key is known already).
 
-        ``source`` names what the message is about (the watcher: image name and digest), see ``by_source``.
+        The key of an HL7 message is its MSH-10 (``key`` may only repeat it); a FHIR bundle's is its
+        ``Bundle.identifier`` value, given as ``key``. ``source`` names what the message is about (the
+        watcher: image name and digest), see ``by_source``.
         """
-        control_id = control_id_of(message)
+        if kind not in KINDS:
+            raise ValueError(f"unknown kind of message {kind!r}; one of {', '.join(KINDS)}")
+        if kind == "hl7":
+            control_id = control_id_of(message)
+            if key and key != control_id:
+                raise ValueError(f"the key of an HL7 message is its MSH-10 {control_id!r}, not {key!r}")
+        elif not key:
+            raise ValueError("a FHIR bundle needs its key (its Bundle.identifier value)")
+        else:
+            control_id = key
         now = time.time()
         with self._lock:
             cursor = self._db.execute(
-                "INSERT OR IGNORE INTO messages (control_id, source, body, created_at, updated_at) "
-                "VALUES (?, ?, ?, ?, ?)",
-                (control_id, source, message, now, now),
+                "INSERT OR IGNORE INTO messages (control_id, source, body, created_at, updated_at, kind) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (control_id, source, message, now, now, kind),
             )
             added = cursor.rowcount == 1
         if added:
             self._changed()
         return control_id, added
 
-    def by_source(self, source: str) -> Entry | None:
-        """The newest message about ``source``, or None (the watcher asks before it redoes an image)."""
-        return self._one(f"SELECT {_COLUMNS} FROM messages WHERE source = ? ORDER BY seq DESC", (source,))
+    def by_source(self, source: str, kind: str = "hl7") -> Entry | None:
+        """The newest message of ``kind`` about ``source``, or None (the watcher asks before it redoes an
+        image)."""
+        return self._one(
+            f"SELECT {_COLUMNS} FROM messages WHERE source = ? AND kind = ? ORDER BY seq DESC", (source, kind)
+        )
 
     def get(self, control_id: str) -> Entry | None:
         """The message with that control id, or None."""
         return self._one(f"SELECT {_COLUMNS} FROM messages WHERE control_id = ?", (control_id,))
 
-    def head(self) -> tuple[Entry, str] | None:
-        """The oldest pending message and its body: messages go out in the order they were put."""
+    def head(self, kind: str = "hl7") -> tuple[Entry, str] | None:
+        """The oldest pending message of ``kind`` and its body: messages go out in the order they were put."""
         with self._lock:
             row = self._db.execute(
-                f"SELECT {_COLUMNS}, body FROM messages WHERE state = 'pending' ORDER BY seq LIMIT 1"
+                f"SELECT {_COLUMNS}, body FROM messages WHERE state = 'pending' AND kind = ? "
+                "ORDER BY seq LIMIT 1",
+                (kind,),
             ).fetchone()
         return None if row is None else (Entry(*row[:-1]), row[-1])
 
@@ -149,12 +176,22 @@ class Outbox:
             ).fetchall()
         return [Entry(*row) for row in rows]
 
-    def depth(self) -> dict[str, int]:
-        """How many messages are in each state."""
-        with self._lock:
-            rows = self._db.execute("SELECT state, COUNT(*) FROM messages GROUP BY state").fetchall()
+    def depth(self, kind: str | None = None) -> dict[str, int]:
+        """How many messages (of ``kind``, or of every kind) are in each state."""
         counts = dict.fromkeys(STATES, 0)
-        counts.update({state: n for state, n in rows})
+        for (of_kind, state), n in self._depths().items():
+            if kind is None or of_kind == kind:
+                counts[state] += n
+        return counts
+
+    def _depths(self) -> dict[tuple[str, str], int]:
+        """Messages per (kind, state), zero included."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT kind, state, COUNT(*) FROM messages GROUP BY kind, state"
+            ).fetchall()
+        counts = {(kind, state): 0 for kind in KINDS for state in STATES}
+        counts.update({(kind, state): n for kind, state, n in rows})
         return counts
 
     def attempt_failed(self, control_id: str, error: str) -> None:
@@ -215,9 +252,12 @@ class Outbox:
         if self.metrics_file is None:
             return
         lines = [
-            "# HELP allxai_lis_outbox_messages HL7 messages in the MLLP outbox, by state.",
+            "# HELP allxai_lis_outbox_messages Messages in the LIS outbox, by kind (hl7, fhir) and state.",
             "# TYPE allxai_lis_outbox_messages gauge",
-            *(f'allxai_lis_outbox_messages{{state="{s}"}} {n}' for s, n in self.depth().items()),
+            *(
+                f'allxai_lis_outbox_messages{{kind="{k}",state="{s}"}} {n}'
+                for (k, s), n in sorted(self._depths().items())
+            ),
         ]
         # A scraper reads the old file or the new one, never half of one; losing it in a crash costs nothing.
         files.write_atomic(self.metrics_file, ("\n".join(lines) + "\n").encode(), durable=False)
