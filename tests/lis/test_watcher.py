@@ -96,8 +96,22 @@ def test_watch_once_processes_each_image_records_corrupt_ones_and_skips_done_on_
     markers = {p.name: _outputs_complete(p, explain=True) for p in images}
     error = json.loads(files.output(bad, files.ERROR_SUFFIX).read_text())
     assert error["code"] == "INVALID_ARGUMENT"
-    assert (files.read_marker(bad) or {}).get("status") == "error"
-    assert not files.output(bad, files.HL7_SUFFIX).exists()
+    marker = files.read_marker(bad) or {}
+    assert marker.get("status") == "error"
+    # The LIS hears of the failed image as a result: OBX-11 X and a note naming the problem.
+    failed = parse_oru(files.output(bad, files.HL7_SUFFIX).read_text())
+    (obx,) = [s for s in segments(failed, "OBX") if s.obx_3.to_er7().startswith("ALLXAI-CLASS^")]
+    assert obx.obx_11.to_er7() == "X" and obx.obx_5.to_er7() == ""
+    note = obx.parent.children[obx.parent.children.index(obx) + 1]
+    assert "corrupt.png could not be classified (INVALID_ARGUMENT)" in note.nte_3.to_er7()
+    assert segments(failed, "OBR")[0].obr_25.to_er7() == "X"
+    bundle = json.loads(files.output(bad, files.FHIR_SUFFIX).read_text())
+    (diagnostic,) = [
+        e["resource"] for e in bundle["entry"] if e["resource"]["resourceType"] == "DiagnosticReport"
+    ]
+    assert diagnostic["status"] == "cancelled"
+    suffixes = (files.ERROR_SUFFIX, ".fhir.json", ".hl7", files.RECORD_SUFFIX)
+    assert set(marker["outputs"]) == {f"corrupt.png{s}" for s in suffixes}
     assert not list(tmp_path.glob("notes.txt.*")) and not list(tmp_path.glob("arriving.png.part.*"))
     _no_leftovers(tmp_path)
 
@@ -376,6 +390,9 @@ def test_watch_sends_the_same_ids_from_classify_and_explain_and_invents_no_speci
         (["--seed", str(2**40)], "--seed: must be from 0 to"),
         (["--samples", "3000000000"], "--samples: must be from 0 to"),
         (["--status", "final"], "unrecognized arguments: --status"),
+        (["--lis-config", "/nonexistent/lis.toml"], "cannot read the LIS configuration"),
+        (["--fhir-url", "ftp://lis"], "--fhir-url wants an http(s) URL"),
+        (["--outbox", "x.sqlite"], "--outbox and --metrics-file need --mllp or --fhir-url"),
     ],
 )
 def test_watch_refuses_bad_options_at_start_up(
@@ -454,3 +471,23 @@ def test_watch_refuses_an_alpha_that_cannot_be_a_level(
     with pytest.raises(SystemExit) as exited:
         main([str(tmp_path), "--once", "--target", "127.0.0.1:9", "--alpha", "1.5"])
     assert exited.value.code == 2 and "--alpha: must be between 0 and 1" in capsys.readouterr().err
+
+
+def test_a_watched_image_is_finalised_by_a_reviewer_from_its_record(
+    gateway: RunningGateway, cell_png: bytes, tmp_path: Path
+) -> None:
+    from allxai.lis.commands import main as lis_main
+
+    (image,) = _images(tmp_path, cell_png, 1)
+    assert main([str(tmp_path), "--target", gateway.target, "--once", "--settle", "0"]) == 0
+    preliminary = parse_oru(files.output(image, files.HL7_SUFFIX).read_text())
+    record = files.output(image, files.RECORD_SUFFIX)
+    assert record.name in (files.read_marker(image) or {})["outputs"]
+    code = lis_main(["finalize", str(record), "--reviewer-id", "HAEM1", "--reviewer-family", "Haem"])
+    assert code == 0
+    final = parse_oru(files.output(image, files.HL7_SUFFIX).read_text())
+    (before,), (after,) = segments(preliminary, "OBR"), segments(final, "OBR")
+    assert (before.obr_25.to_er7(), after.obr_25.to_er7()) == ("P", "F")
+    assert after.obr_3.to_er7() == before.obr_3.to_er7()  # the final report replaces the preliminary one
+    assert after.obr_32.to_er7() == "HAEM1&Haem"
+    assert json.loads(record.read_text())["revision"] == 2

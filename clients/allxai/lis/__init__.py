@@ -17,6 +17,15 @@ from allxai.lis._report import (
 from allxai.lis.config import ConfigError, LisConfig, UnmappedClassError, load_config
 from allxai.lis.fhir import build_bundle, parse_bundle, to_fhir_json
 from allxai.lis.hl7 import build_oru, parse_oru, to_oru
+from allxai.lis.record import (
+    RecordError,
+    next_record,
+    read_record,
+    report_from_record,
+    report_to_record,
+    write_record,
+)
+from allxai.lis.review import correct, finalize
 
 __all__ = [
     "AIAST_CODE",
@@ -27,13 +36,21 @@ __all__ = [
     "Failure",
     "LabReport",
     "LisConfig",
+    "RecordError",
     "Reviewer",
     "UnmappedClassError",
     "build_bundle",
     "build_oru",
+    "correct",
+    "finalize",
     "load_config",
+    "next_record",
     "parse_bundle",
     "parse_oru",
+    "read_record",
+    "report_from_record",
+    "report_to_record",
     "to_fhir_json",
     "to_oru",
+    "write_record",
 ]

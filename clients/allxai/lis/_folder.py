@@ -21,8 +21,10 @@ HL7_SUFFIX = ".hl7"
 FHIR_SUFFIX = ".fhir.json"
 JSON_SUFFIX = ".json"
 ERROR_SUFFIX = ".error.json"
+#: The record of the report sent, from which ``allxai lis finalize`` and ``correct`` build the next one.
+RECORD_SUFFIX = ".report.json"
 MARKER_SUFFIX = ".done"
-OUTPUT_SUFFIXES = (OVERLAY_SUFFIX, HL7_SUFFIX, FHIR_SUFFIX, JSON_SUFFIX, ERROR_SUFFIX)
+OUTPUT_SUFFIXES = (OVERLAY_SUFFIX, HL7_SUFFIX, FHIR_SUFFIX, JSON_SUFFIX, ERROR_SUFFIX, RECORD_SUFFIX)
 #: Names that writers use while a file is still arriving; such files are renamed into place when complete.
 PARTIAL_SUFFIXES = (".tmp", ".part", ".partial", ".crdownload", ".filepart", ".download")
 _TMP_SUFFIX = ".allxai-tmp"

@@ -6,16 +6,19 @@ The loop that finds images, settles and retries them is ``allxai.lis._watcher``.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
 from allxai.client import AllxaiClientError, ClassifyResult, ExplainResult, ModelDescription, json_safe
 from allxai.lis import _folder as files
-from allxai.lis._report import LabReport
+from allxai.lis._report import Failure, LabReport
+from allxai.lis.config import LisConfig, default_config
 from allxai.lis.fhir import to_fhir_json
 from allxai.lis.hl7 import to_oru
+from allxai.lis.outbox import control_id_of
+from allxai.lis.record import report_to_record
 
 #: Where the LIS's order (placer) number of an image comes from: nowhere, or the image's file name stem.
 OrderIdFrom = Literal["none", "stem"]
@@ -43,6 +46,8 @@ class Options:
     sending_facility: str = ""
     receiving_application: str = ""
     receiving_facility: str = ""
+    #: The LIS team's codes, identifier systems and laboratory (``--lis-config``).
+    config: LisConfig = field(default_factory=default_config)
 
 
 def _hl7_options(options: Options) -> dict[str, str]:
@@ -78,6 +83,7 @@ def render(
         order_namespace=options.order_namespace,
         # No observation time: the file's mtime is when it was copied, not when the cells were imaged.
         overlay_reference=path.name + files.OVERLAY_SUFFIX,
+        config=options.config,
     )
     summary: dict[str, Any] = {"image": path.name, "status": "ok", **cell.to_dict()}
     outputs: list[tuple[str, bytes]] = []
@@ -98,10 +104,49 @@ def render(
     outputs += [
         # No NaN in JSON: a number that is not finite is written as null.
         (files.JSON_SUFFIX, json.dumps(json_safe(summary), indent=2, allow_nan=False).encode()),
-        (files.FHIR_SUFFIX, to_fhir_json(report).encode()),
-        (files.HL7_SUFFIX, to_oru(report, **_hl7_options(options)).encode()),
+        *report_outputs(report, options),
     ]
     return report, outputs
+
+
+def report_outputs(report: LabReport, options: Options) -> list[tuple[str, bytes]]:
+    """The FHIR bundle, the ORU^R01 and the record of a report (suffix, content); the record lets a
+    reviewer finalise or correct it later (``allxai lis finalize``)."""
+    hl7 = to_oru(report, **_hl7_options(options))
+    record = report_to_record(report, control_id=control_id_of(hl7), hl7=_hl7_options(options))
+    text = json.dumps(record, indent=2, ensure_ascii=False, allow_nan=False) + "\n"
+    return [
+        (files.FHIR_SUFFIX, to_fhir_json(report).encode()),
+        (files.HL7_SUFFIX, hl7.encode()),
+        (files.RECORD_SUFFIX, text.encode()),
+    ]
+
+
+def render_failure(
+    path: Path, error: AllxaiClientError, model: ModelDescription, options: Options, order_id: str
+) -> tuple[LabReport, list[tuple[str, bytes]]]:
+    """The report that tells the LIS an image could not be classified (HL7 OBX-11 X and a note, FHIR a
+    cancelled Observation), and its outputs.
+
+    When the order id itself is what cannot be reported (too long for OBR-2), the report goes without it
+    and says so: the LIS still hears of the image, by its name.
+    """
+    failure = Failure(path.name, error.code, error.message)
+    report = LabReport(
+        model=model,
+        failures=(failure,),
+        order_id=order_id,
+        order_namespace=options.order_namespace,
+        config=options.config,
+    )
+    try:
+        return report, report_outputs(report, options)
+    except ValueError:
+        if not order_id:
+            raise
+    note = f"{error.message} (its order id {order_id!r} cannot be sent in HL7 either)"
+    report = LabReport(model=model, failures=(Failure(path.name, error.code, note),), config=options.config)
+    return report, report_outputs(report, options)
 
 
 def write_outputs(path: Path, outputs: list[tuple[str, bytes]]) -> None:
@@ -113,7 +158,13 @@ def write_outputs(path: Path, outputs: list[tuple[str, bytes]]) -> None:
 
 def write_error(path: Path, error: AllxaiClientError) -> None:
     """Write ``<image>.error.json`` in place of the results of an earlier version of the image."""
-    for suffix in (files.OVERLAY_SUFFIX, files.JSON_SUFFIX, files.FHIR_SUFFIX, files.HL7_SUFFIX):
+    for suffix in (
+        files.OVERLAY_SUFFIX,
+        files.JSON_SUFFIX,
+        files.FHIR_SUFFIX,
+        files.HL7_SUFFIX,
+        files.RECORD_SUFFIX,
+    ):
         files.output(path, suffix).unlink(missing_ok=True)  # results of an earlier version of this image
     record = {
         "image": path.name,

@@ -16,8 +16,17 @@ from pathlib import Path
 
 from allxai.client import AllxaiClientError, ClassifyResult, Client, ExplainResult, ModelDescription
 from allxai.lis import _folder as files
-from allxai.lis._image import Options, cell_of, render, write_error, write_marker, write_outputs
+from allxai.lis._image import (
+    Options,
+    cell_of,
+    render,
+    render_failure,
+    write_error,
+    write_marker,
+    write_outputs,
+)
 from allxai.lis._report import LabReport
+from allxai.lis.fhir_post import bundle_identifier
 from allxai.lis.outbox import Outbox
 
 log = logging.getLogger(__name__)
@@ -49,10 +58,13 @@ class Watcher:
         options: Options,
         stop: threading.Event | None = None,
         outbox: Outbox | None = None,
+        fhir_outbox: Outbox | None = None,
     ):
         self.folder = folder
         #: Where each ORU^R01 is queued for the MLLP sender (before the marker), when sending over MLLP.
         self.outbox = outbox
+        #: Where each FHIR bundle is queued for the FHIR sender, when posting to a FHIR server.
+        self.fhir_outbox = fhir_outbox
         self.client = client
         self.options = options
         self.stop = stop or threading.Event()
@@ -209,11 +221,7 @@ class Watcher:
         self, path: Path, stat: files.Stat, digest: str, report: LabReport, outputs: list[tuple[str, bytes]]
     ) -> None:
         write_outputs(path, outputs)
-        if self.outbox is not None:
-            # Queued before the marker: a crash in between finds it queued (_queued_already), not lost.
-            message = dict(outputs)[files.HL7_SUFFIX].decode("utf-8")
-            control_id, _ = self.outbox.put(message, source=_source(path.name, digest))
-            log.info("%s: ORU^R01 %s queued for the LIS", path.name, control_id)
+        self.queue(outputs, path.name, _source(path.name, digest))
         cell = report.cell
         assert cell is not None
         self._mark(path, stat, digest, "ok", [path.name + suffix for suffix, _ in outputs], cell.request_id)
@@ -231,28 +239,63 @@ class Watcher:
             domain,
         )
 
+    def queue(self, outputs: list[tuple[str, bytes]], name: str, source: str) -> None:
+        """Queue a result's ORU^R01 and FHIR bundle for the senders there are, before its marker is written:
+        a crash in between finds them queued (``_queued_already``), not lost."""
+        written = dict(outputs)
+        if self.outbox is not None:
+            control_id, _ = self.outbox.put(written[files.HL7_SUFFIX].decode("utf-8"), source=source)
+            log.info("%s: ORU^R01 %s queued for the LIS", name, control_id)
+        if self.fhir_outbox is not None:
+            bundle = written[files.FHIR_SUFFIX].decode("utf-8")
+            key, _ = self.fhir_outbox.put(bundle, source=source, kind="fhir", key=bundle_identifier(bundle))
+            log.info("%s: FHIR bundle %s queued for the FHIR server", name, key)
+
+    def queued(self, source: str) -> bool:
+        """Whether a result about ``source`` is in an outbox already (queued or sent)."""
+        return any(
+            box is not None and box.by_source(source, kind) is not None
+            for box, kind in ((self.outbox, "hl7"), (self.fhir_outbox, "fhir"))
+        )
+
     def _queued_already(self, path: Path, stat: files.Stat, digest: str) -> bool:
         """With an outbox: whether these bytes' message is queued or sent already; if so, mark them done.
 
         That is a watcher stopped between queueing and the marker: redoing the image would send a second
         result (another control id) for the same bytes. To send an image again, drop its message first.
         """
-        entry = None if self.outbox is None else self.outbox.by_source(_source(path.name, digest))
-        if entry is None:
+        if not self.queued(_source(path.name, digest)):
             return False
-        log.info(
-            "%s: its result is already in the outbox (%s, %s); marked done",
-            path.name,
-            entry.control_id,
-            entry.state,
-        )
+        log.info("%s: its result is already in the outbox; marked done", path.name)
         outputs = [path.name + s for s in files.OUTPUT_SUFFIXES if files.output(path, s).exists()]
         self._mark(path, stat, digest, "ok", outputs, "")
         return True
 
     def _record_error(self, path: Path, stat: files.Stat, digest: str, error: AllxaiClientError) -> None:
         write_error(path, error)
-        self._mark(path, stat, digest, "error", [path.name + files.ERROR_SUFFIX], "")
+        written = [path.name + files.ERROR_SUFFIX]
+        outputs = self._failure_outputs(path, error)
+        if outputs:
+            for suffix, content in outputs:
+                files.write_atomic(files.output(path, suffix), content, durable=False)
+            self.queue(outputs, path.name, _source(path.name, digest))
+            written += [path.name + suffix for suffix, _ in outputs]
+        self._mark(path, stat, digest, "error", written, "")
+
+    def _failure_outputs(self, path: Path, error: AllxaiClientError) -> list[tuple[str, bytes]]:
+        """The HL7 and FHIR reports that tell the LIS the image failed; empty when they cannot be made
+        (the gateway cannot describe its model now): the error file still says it, and the log."""
+        try:
+            model = self._model or self.client.model_info()
+            self._model = model
+            _, outputs = render_failure(path, error, model, self.options, self.order_id(path.name))
+        except AllxaiClientError as exc:
+            log.warning("%s: the LIS is not told of the failure: no model description (%s)", path.name, exc)
+            return []
+        except Exception as exc:  # noqa: BLE001  (hl7apy and pydantic raise many kinds)
+            log.error("%s: the failure cannot be put into HL7/FHIR either (%s)", path.name, exc)
+            return []
+        return outputs
 
     def _mark(
         self, path: Path, stat: files.Stat, digest: str, status: str, outputs: list[str], request_id: str

@@ -36,11 +36,13 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import os
 import signal
 import sqlite3
 import sys
 import threading
 from collections.abc import Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 from types import FrameType
 
@@ -50,6 +52,8 @@ from allxai.lis import _folder as files
 from allxai.lis._image import Options
 from allxai.lis._watcher import PERMANENT_CODES, Watcher
 from allxai.lis.commands import DEFAULT_OUTBOX_NAME
+from allxai.lis.config import ConfigError, load_config
+from allxai.lis.fhir_post import FhirSender
 from allxai.lis.hl7 import check_header, check_order_namespace
 from allxai.lis.mllp import MllpSender
 from allxai.lis.outbox import Outbox
@@ -108,6 +112,13 @@ def _parser() -> argparse.ArgumentParser:
     hl7.add_argument("--sending-facility", default="", help="HL7 MSH-4")
     hl7.add_argument("--receiving-application", default="", help="HL7 MSH-5")
     hl7.add_argument("--receiving-facility", default="", help="HL7 MSH-6")
+    hl7.add_argument(
+        "--lis-config",
+        type=Path,
+        default=None,
+        help="the LIS team's lis.toml: class codes, LOINC, FHIR identifier systems, the laboratory "
+        "(default: the built-in one)",
+    )
     mllp = p.add_argument_group("sending to the LIS over MLLP (the files are written either way)")
     mllp.add_argument("--mllp", default="", metavar="HOST:PORT", help="the LIS's MLLP listener")
     mllp.add_argument(
@@ -118,6 +129,14 @@ def _parser() -> argparse.ArgumentParser:
     mllp.add_argument("--mllp-max-backoff", type=opts.positive_float, default=60.0, help="longest retry wait")
     mllp.add_argument("--drain-timeout", type=float, default=60.0, help="with --once: wait for the outbox")
     mllp.add_argument("--metrics-file", type=Path, default=None, help="outbox depth, Prometheus text format")
+    mllp.add_argument(
+        "--fhir-url",
+        default="",
+        metavar="URL",
+        help="also POST each FHIR transaction bundle to this FHIR base URL, from the outbox, with retries "
+        "(bearer token from $ALLXAI_FHIR_TOKEN)",
+    )
+    mllp.add_argument("--fhir-timeout", type=opts.positive_float, default=30.0, help="seconds per POST")
     opts.add_security_options(p.add_argument_group("connection security"))
     p.add_argument("--log-level", default="INFO", help="Python logging level")
     return p
@@ -148,6 +167,28 @@ def _address(value: str) -> tuple[str, int]:
 
 
 @contextlib.contextmanager
+def _fhir_sender(args: argparse.Namespace, outbox: Outbox | None) -> Iterator[FhirSender | None]:
+    """The FHIR sender's thread for the watcher's lifetime (None without ``--fhir-url``)."""
+    if outbox is None:
+        yield None
+        return
+    sender = FhirSender(
+        outbox,
+        args.fhir_url,
+        token=os.environ.get("ALLXAI_FHIR_TOKEN") or None,
+        timeout=args.fhir_timeout,
+        max_backoff=args.mllp_max_backoff,
+    )
+    sender.start()
+    try:
+        yield sender
+    finally:
+        sender.stop()
+        log.info("FHIR outbox at stop: %s", outbox.depth("fhir"))
+        outbox.close()
+
+
+@contextlib.contextmanager
 def _sender(args: argparse.Namespace, outbox: Outbox | None) -> Iterator[MllpSender | None]:
     """The MLLP sender's thread for the watcher's lifetime (None without ``--mllp``)."""
     if outbox is None:
@@ -167,28 +208,31 @@ def _sender(args: argparse.Namespace, outbox: Outbox | None) -> Iterator[MllpSen
         yield sender
     finally:
         sender.stop()
-        log.info("outbox at stop: %s", outbox.depth())
+        log.info("HL7 outbox at stop: %s", outbox.depth("hl7"))
         outbox.close()
 
 
-def _outbox(args: argparse.Namespace, folder: Path) -> Outbox | None:
-    """The outbox with ``--mllp`` (None without it)."""
-    if not args.mllp:
+def _outbox(args: argparse.Namespace, folder: Path, wanted: bool) -> Outbox | None:
+    """One sender's handle on the outbox file (None when ``wanted`` is False). Each sender has its own, so
+    each wakes on its own queue; both write the same file, and the metrics cover both kinds."""
+    if not wanted:
         return None
     return Outbox(args.outbox or folder / DEFAULT_OUTBOX_NAME, metrics_file=args.metrics_file)
 
 
-def _run(watcher: Watcher, sender: MllpSender | None, args: argparse.Namespace) -> int:
+def _run(
+    watcher: Watcher, senders: list[tuple[MllpSender | FhirSender | None, str]], args: argparse.Namespace
+) -> int:
     code = watcher.run(args.interval, args.once)
     # With --once, wait for the LIS to take what was queued (unless a signal asked us to stop).
-    if (
-        sender is not None
-        and args.once
-        and not watcher.stop.is_set()
-        and not sender.drain(args.drain_timeout)
-    ):
-        log.error("the LIS did not take every message in time; outbox %s", sender.outbox.depth())
-        return 1
+    if not args.once or watcher.stop.is_set():
+        return code
+    for sender, kind in senders:
+        if sender is not None and not sender.drain(args.drain_timeout):
+            box = watcher.outbox if kind == "hl7" else watcher.fhir_outbox
+            depth = box.depth(kind) if box is not None else {}
+            log.error("the %s receiver did not take every message in time; outbox %s", kind, depth)
+            return 1
     return code
 
 
@@ -218,6 +262,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         receiving_facility=args.receiving_facility,
     )
     try:
+        if args.lis_config is not None:
+            options = replace(options, config=load_config(args.lis_config))
+    except ConfigError as exc:
+        print(f"allxai watch: {exc}", file=sys.stderr)
+        return 2
+    try:
         _check_report_options(options)
     except Exception as exc:  # noqa: BLE001  (hl7apy's errors: MaxLengthReached, ValidationError...)
         print(f"allxai watch: bad HL7 option ({type(exc).__name__}): {exc}", file=sys.stderr)
@@ -225,8 +275,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.mllp:
             _address(args.mllp)
-        elif args.outbox is not None or args.metrics_file is not None:
-            raise ValueError("--outbox and --metrics-file need --mllp")
+        if args.fhir_url and not args.fhir_url.lower().startswith(("http://", "https://")):
+            raise ValueError(f"--fhir-url wants an http(s) URL, not {args.fhir_url!r}")
+        if not (args.mllp or args.fhir_url) and (args.outbox is not None or args.metrics_file is not None):
+            raise ValueError("--outbox and --metrics-file need --mllp or --fhir-url")
     except ValueError as exc:
         print(f"allxai watch: {exc}", file=sys.stderr)
         return 2
@@ -255,18 +307,20 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"allxai watch: {exc}", file=sys.stderr)
                 return 2
             try:
-                outbox = _outbox(args, folder)
+                outbox = _outbox(args, folder, bool(args.mllp))
+                fhir_outbox = _outbox(args, folder, bool(args.fhir_url))
             except (OSError, sqlite3.Error) as exc:
                 print(f"allxai watch: cannot open the outbox: {exc}", file=sys.stderr)
                 return 2
-            with client, _sender(args, outbox) as sender:
+            with client, _sender(args, outbox) as sender, _fhir_sender(args, fhir_outbox) as poster:
                 log.info(
                     "watching %s (gateway %s, explain %s)",
                     folder,
                     args.target,
                     "on" if args.explain else "off",
                 )
-                return _run(Watcher(folder, client, options, stop, outbox), sender, args)
+                watcher = Watcher(folder, client, options, stop, outbox, fhir_outbox)
+                return _run(watcher, [(sender, "hl7"), (poster, "fhir")], args)
     except KeyboardInterrupt:
         return 130
     finally:
