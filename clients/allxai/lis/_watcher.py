@@ -73,8 +73,18 @@ class Watcher:
         self._model: ModelDescription | None = None
         #: Images that ran out of attempts in this run (``--once`` then exits 1 and leaves them unmarked).
         self.given_up: set[str] = set()
+        #: Codes that say "this image": recorded (and reported) as a failure, never retried.
+        self.permanent_codes = PERMANENT_CODES
+        from allxai.lis._specimens import SpecimenFolders  # noqa: PLC0415  (it imports this module's type)
+
+        #: The sub-folders, one specimen each.
+        self.specimens = SpecimenFolders(self)
 
     def poll(self) -> int:
+        """Process every settled image and specimen folder not done yet; returns how many still wait."""
+        return self._poll_images() + self.specimens.poll()
+
+    def _poll_images(self) -> int:
         """Process every settled image without a valid marker; returns how many are still waiting."""
         now = time.monotonic()
         current = files.scan(self.folder)
