@@ -1,8 +1,12 @@
 """Watch a folder for cell images, as LIS exports drop them, and write each image's results next to it.
 
 For ``<image>`` it writes ``<image>.json`` (the result), ``<image>.hl7`` (ORU^R01), ``<image>.fhir.json``
-(a Bundle), with ``--explain`` also ``<image>.overlay.png``, and last ``<image>.done``, the marker. An
-image the gateway rejects (corrupt, unsupported) gets ``<image>.error.json`` and a marker instead.
+(a transaction Bundle), ``<image>.report.json`` (the record ``allxai lis finalize`` and ``correct``
+read), with ``--explain`` also ``<image>.overlay.png``, and last ``<image>.done``, the marker. An image the
+gateway rejects (corrupt, unsupported) gets ``<image>.error.json``, and reports that tell the LIS it failed
+(HL7 OBX-11 X, FHIR cancelled). Every sub-folder is one specimen: one report for all its images (see
+``allxai.lis._specimens``, and its ``manifest.json``). ``--lis-config`` gives the LIS team's codes and
+identifier systems (``lis.toml``).
 
 Durability: every file is written to a temporary name, synced and renamed into place, and the marker is
 written only after all the others; an image without a valid marker is processed (again) on the next poll or
@@ -27,7 +31,8 @@ are the ``allxai`` command's (``--tls``, ``--tls-ca``..., ``--token-file`` or ``
 With ``--mllp HOST:PORT`` each ORU^R01 is also queued in a durable outbox (``--outbox``, by default
 ``<folder>/.allxai-outbox.sqlite``) before the image's marker, and sent to the LIS over MLLP by a thread of
 its own (``allxai.lis.mllp``): AA is done, AE/AR stay failed for a person (``allxai lis outbox``), timeouts
-and lost connections are retried with backoff, in order. With ``--once`` the watcher then waits up to
+and lost connections are retried with backoff, in order (``--fhir-url``: each bundle is also POSTed to a
+FHIR server from the same outbox, ``allxai.lis.fhir_post``). With ``--once`` the watcher then waits up to
 ``--drain-timeout`` seconds for the outbox to empty and exits 1 if messages are still pending.
 """
 
