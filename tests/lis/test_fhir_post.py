@@ -26,12 +26,12 @@ from allxai.lis import Failure, LabReport, Reviewer, parse_bundle, to_fhir_json
 from allxai.lis._report import ResultStatus
 from allxai.lis.fhir import bundle_key
 from allxai.lis.fhir_post import (
-    FhirSender,
     PostResult,
     bundle_identifier,
     post_transaction,
     retry_after_seconds,
 )
+from allxai.lis.fhir_sender import FhirSender
 from allxai.lis.hl7 import to_oru
 from allxai.lis.outbox import Outbox
 from tests.lis.reports import ISSUED, MODEL, _cell, _gated_specimen

@@ -11,6 +11,12 @@ from datetime import UTC, datetime
 from typing import Literal
 
 from allxai.client import ClassifyResult, ExplainResult, ModelDescription, SpecimenResult
+from allxai.lis._parts import MAX_NOTE_CHARS as MAX_NOTE_CHARS
+from allxai.lis._parts import Correction as Correction
+from allxai.lis._parts import Failure as Failure
+from allxai.lis._parts import Reviewer as Reviewer
+from allxai.lis._parts import code_token as code_token
+from allxai.lis._parts import note_text as note_text
 from allxai.lis.config import Coding, LisConfig, default_config
 
 #: The HL7 v2 name of the local coding system of allxai's own codes (table 0396: local systems are "99zzz").
@@ -66,8 +72,6 @@ HL7_OUT_OF_DOMAIN_FLAG = "A"
 #: EX, "outside threshold" (a result outside the inclusion range of the protocol it is reported under).
 INTERPRETATION_SYSTEM = "http://terminology.hl7.org/CodeSystem/v3-ObservationInterpretation"
 OUT_OF_DOMAIN_INTERPRETATION = ("EX", "outside threshold")
-#: Notes a receiver shows are cut to this many characters (a gateway's reason could be any length).
-MAX_NOTE_CHARS = 2000
 
 #: preliminary: AI output nobody reviewed; final: a reviewer confirmed it; corrected: a reviewer changed a
 #: final report (HL7 result status P, F, C; FHIR status preliminary, final, corrected).
@@ -76,55 +80,6 @@ ResultStatus = Literal["preliminary", "final", "corrected"]
 HL7_STATUS = {"preliminary": "P", "final": "F", "corrected": "C"}
 #: The longest entity identifier of OBR-3 (EI, 22 characters in v2.5) beside "^ALLXAI".
 MAX_FILLER_CHARS = 22 - len("^ALLXAI")
-
-
-@dataclass(frozen=True)
-class Reviewer:
-    """The person who finalised or corrected a report: the LIS's id of them, and their name."""
-
-    id: str
-    family: str = ""
-    given: str = ""
-
-    def __post_init__(self) -> None:
-        if not self.id.strip():
-            raise ValueError("a reviewer needs an id (the LIS's identifier of the person)")
-
-    @property
-    def display(self) -> str:
-        """The name for a person to read, with the id."""
-        name = " ".join(p for p in (self.given.strip(), self.family.strip()) if p)
-        return f"{name} ({self.id})" if name else self.id
-
-
-@dataclass(frozen=True)
-class Failure:
-    """An image that could not be classified: the LIS hears of it as a result (HL7 OBX-11 X, FHIR
-    ``cancelled`` with a data-absent reason), never only as a file next to the image."""
-
-    image_id: str
-    code: str
-    message: str
-
-
-@dataclass(frozen=True)
-class Correction:
-    """A reviewer's change of one cell's class: ``cell`` is 0 for a single image, else the specimen's cell
-    number (1-based, HL7 OBX-4); ``ai_label`` what the model said, ``label`` what the reviewer says."""
-
-    cell: int
-    ai_label: str
-    label: str
-
-
-def note_text(text: str) -> str:
-    """A note, cut to ``MAX_NOTE_CHARS``."""
-    return text if len(text) <= MAX_NOTE_CHARS else text[: MAX_NOTE_CHARS - 1] + "…"
-
-
-def code_token(text: str) -> str:
-    """A code-safe token for a class name: HL7 and FHIR codes must not carry separators or spaces."""
-    return re.sub(r"[^A-Za-z0-9_.-]", "_", text) or "_"
 
 
 #: The FHIR code system of the stable class codes (HL7 uses ``HL7_LOCAL_SYSTEM``); see ``lis.toml``.

@@ -15,6 +15,7 @@ from functools import partial
 from pathlib import Path
 
 from allxai.client import AllxaiClientError, ClassifyResult, Client, ExplainResult, ModelDescription
+from allxai.lis import _delivery as delivery
 from allxai.lis import _folder as files
 from allxai.lis._image import (
     Options,
@@ -26,7 +27,6 @@ from allxai.lis._image import (
     write_outputs,
 )
 from allxai.lis._report import LabReport
-from allxai.lis.fhir_post import bundle_identifier
 from allxai.lis.outbox import Outbox
 
 log = logging.getLogger(__name__)
@@ -250,23 +250,12 @@ class Watcher:
         )
 
     def queue(self, outputs: list[tuple[str, bytes]], name: str, source: str) -> None:
-        """Queue a result's ORU^R01 and FHIR bundle for the senders there are, before its marker is written:
-        a crash in between finds them queued (``_queued_already``), not lost."""
-        written = dict(outputs)
-        if self.outbox is not None:
-            control_id, _ = self.outbox.put(written[files.HL7_SUFFIX].decode("utf-8"), source=source)
-            log.info("%s: ORU^R01 %s queued for the LIS", name, control_id)
-        if self.fhir_outbox is not None:
-            bundle = written[files.FHIR_SUFFIX].decode("utf-8")
-            key, _ = self.fhir_outbox.put(bundle, source=source, kind="fhir", key=bundle_identifier(bundle))
-            log.info("%s: FHIR bundle %s queued for the FHIR server", name, key)
+        """Queue a result's ORU^R01 and FHIR bundle before its marker is written (see ``_delivery``)."""
+        delivery.queue(outputs, name, source, self.outbox, self.fhir_outbox)
 
     def queued(self, source: str) -> bool:
         """Whether a result about ``source`` is in an outbox already (queued or sent)."""
-        return any(
-            box is not None and box.by_source(source, kind) is not None
-            for box, kind in ((self.outbox, "hl7"), (self.fhir_outbox, "fhir"))
-        )
+        return delivery.queued(source, self.outbox, self.fhir_outbox)
 
     def _queued_already(self, path: Path, stat: files.Stat, digest: str) -> bool:
         """With an outbox: whether these bytes' message is queued or sent already; if so, mark them done.

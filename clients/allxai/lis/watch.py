@@ -39,14 +39,12 @@ FHIR server from the same outbox, ``allxai.lis.fhir_post``). With ``--once`` the
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
-import os
 import signal
 import sqlite3
 import sys
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 from types import FrameType
@@ -55,13 +53,13 @@ from allxai.client import Client
 from allxai.client import options as opts
 from allxai.lis import _folder as files
 from allxai.lis._image import Options
+from allxai.lis._senders import address, fhir_sender, mllp_sender, open_outbox
 from allxai.lis._watcher import PERMANENT_CODES, Watcher
 from allxai.lis.commands import DEFAULT_OUTBOX_NAME
 from allxai.lis.config import ConfigError, load_config
-from allxai.lis.fhir_post import FhirSender
+from allxai.lis.fhir_sender import FhirSender
 from allxai.lis.hl7 import check_header, check_order_namespace
 from allxai.lis.mllp import MllpSender
-from allxai.lis.outbox import Outbox
 
 __all__ = ["PERMANENT_CODES", "Options", "Watcher", "main"]
 
@@ -163,68 +161,6 @@ def _check_report_options(options: Options) -> None:
         check_order_namespace(options.order_namespace)
 
 
-def _address(value: str) -> tuple[str, int]:
-    """``HOST:PORT`` (``[v6]:PORT`` too) as a pair; ``ValueError`` when it is not one."""
-    host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise ValueError(f"--mllp wants HOST:PORT, not {value!r}")
-    return host.strip("[]"), int(port)
-
-
-@contextlib.contextmanager
-def _fhir_sender(args: argparse.Namespace, outbox: Outbox | None) -> Iterator[FhirSender | None]:
-    """The FHIR sender's thread for the watcher's lifetime (None without ``--fhir-url``)."""
-    if outbox is None:
-        yield None
-        return
-    sender = FhirSender(
-        outbox,
-        args.fhir_url,
-        token=os.environ.get("ALLXAI_FHIR_TOKEN") or None,
-        timeout=args.fhir_timeout,
-        max_backoff=args.mllp_max_backoff,
-    )
-    sender.start()
-    try:
-        yield sender
-    finally:
-        sender.stop()
-        log.info("FHIR outbox at stop: %s", outbox.depth("fhir"))
-        outbox.close()
-
-
-@contextlib.contextmanager
-def _sender(args: argparse.Namespace, outbox: Outbox | None) -> Iterator[MllpSender | None]:
-    """The MLLP sender's thread for the watcher's lifetime (None without ``--mllp``)."""
-    if outbox is None:
-        yield None
-        return
-    host, port = _address(args.mllp)
-    sender = MllpSender(
-        outbox,
-        host,
-        port,
-        connect_timeout=args.mllp_connect_timeout,
-        ack_timeout=args.mllp_ack_timeout,
-        max_backoff=args.mllp_max_backoff,
-    )
-    sender.start()
-    try:
-        yield sender
-    finally:
-        sender.stop()
-        log.info("HL7 outbox at stop: %s", outbox.depth("hl7"))
-        outbox.close()
-
-
-def _outbox(args: argparse.Namespace, folder: Path, wanted: bool) -> Outbox | None:
-    """One sender's handle on the outbox file (None when ``wanted`` is False). Each sender has its own, so
-    each wakes on its own queue; both write the same file, and the metrics cover both kinds."""
-    if not wanted:
-        return None
-    return Outbox(args.outbox or folder / DEFAULT_OUTBOX_NAME, metrics_file=args.metrics_file)
-
-
 def _run(
     watcher: Watcher, senders: list[tuple[MllpSender | FhirSender | None, str]], args: argparse.Namespace
 ) -> int:
@@ -279,7 +215,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         if args.mllp:
-            _address(args.mllp)
+            address(args.mllp)
         if args.fhir_url and not args.fhir_url.lower().startswith(("http://", "https://")):
             raise ValueError(f"--fhir-url wants an http(s) URL, not {args.fhir_url!r}")
         if not (args.mllp or args.fhir_url) and (args.outbox is not None or args.metrics_file is not None):
@@ -312,12 +248,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                 print(f"allxai watch: {exc}", file=sys.stderr)
                 return 2
             try:
-                outbox = _outbox(args, folder, bool(args.mllp))
-                fhir_outbox = _outbox(args, folder, bool(args.fhir_url))
+                outbox = open_outbox(args, folder, bool(args.mllp))
+                fhir_outbox = open_outbox(args, folder, bool(args.fhir_url))
             except (OSError, sqlite3.Error) as exc:
                 print(f"allxai watch: cannot open the outbox: {exc}", file=sys.stderr)
                 return 2
-            with client, _sender(args, outbox) as sender, _fhir_sender(args, fhir_outbox) as poster:
+            with client, mllp_sender(args, outbox) as sender, fhir_sender(args, fhir_outbox) as poster:
                 log.info(
                     "watching %s (gateway %s, explain %s)",
                     folder,
