@@ -194,7 +194,7 @@ def test_tls_and_token_flags(
         assert main(["classify", *tls, "--token-file", str(token), str(cells / "a.png")]) == 0
         assert RESULT.search(capsys.readouterr().out.strip())
         monkeypatch.setenv("ALLXAI_TOKEN", "t0ken")
-        assert main(["info", *tls]) == 0
+        assert main(["info", *tls, "--json"]) == 0
         assert json.loads(capsys.readouterr().out)["classes"] == CLASSES
         monkeypatch.setenv("ALLXAI_TOKEN", "wrong")
         assert main(["info", *tls]) == 1

@@ -30,7 +30,26 @@ def client_error(exc: grpc.RpcError, image_offset: int = 0) -> r.AllxaiClientErr
     match = r.IMAGE_FIELD.match(details)
     if match and image_offset:
         details = f"images[{int(match.group(1)) + image_offset}]{details[match.end() :]}"
+    if exc.code() == grpc.StatusCode.UNAVAILABLE:
+        details = _tls_words(details)
     return r.AllxaiClientError(exc.code().name, details)
+
+
+def _tls_words(details: str) -> str:
+    """Name a TLS mismatch as such: gRPC reports it as a lost connection, in OpenSSL's words."""
+    lowered = details.lower()
+    if "handshake failed" in lowered or "ssl_error" in lowered:
+        return (
+            "TLS handshake failed: the gateway does not speak TLS, or its certificate is not signed by the "
+            f"CA given (--tls-ca) or names another host (--tls-server-name). gRPC said: {details}"
+        )
+    if "socket closed" in lowered:
+        # What a plaintext client sees of a TLS-only server: the server hangs up on the first bytes.
+        return (
+            f"{details} (the gateway closed the connection: if it requires TLS, connect with TLS, e.g. --tls "
+            "and --tls-ca)"
+        )
+    return details
 
 
 def model_spec(model: str, version: int | None, version_label: str | None) -> pb.ModelSpec:

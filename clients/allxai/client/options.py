@@ -138,6 +138,7 @@ def client_from_args(args: argparse.Namespace, **options: Any) -> Client:
         args.target,
         model=args.model,
         version=args.model_version,
+        version_label=getattr(args, "version_label", None),
         **options,
         **asdict(security_from_args(args)),
     )

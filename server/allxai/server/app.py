@@ -21,7 +21,7 @@ from allxai.server.core import Diagnosis
 from allxai.server.intake import IntakeInterceptor, receive_limits, server_receive_limit
 from allxai.server.interceptors import ErrorMappingInterceptor, MetricsInterceptor
 from allxai.server.metrics import InstrumentedBackend, Metrics
-from allxai.server.security import Authorizer, check_transport, server_credentials
+from allxai.server.security import Authorizer, bind_host, check_transport, server_credentials
 from allxai.server.servicer import DiagnosisServicer
 from allxai.server.settings import Settings
 from allxai.v1 import diagnosis_pb2, diagnosis_pb2_grpc
@@ -92,7 +92,7 @@ def create_server(
         names.append(health_pb2.DESCRIPTOR.services_by_name["Health"].full_name)
     if settings.enable_reflection:
         reflection.enable_reflection(names, server)
-    address = f"{settings.host}:{settings.port}"
+    address = f"{bind_host(settings, warn=True)}:{settings.port}"
     return server, _bind(server, address, server_credentials(settings))
 
 
@@ -160,7 +160,8 @@ class Gateway:
             # Plaintext and health only: kubelet's gRPC probes cannot speak TLS or send tokens.
             self.health_server = grpc.aio.server(options=[_EXCLUSIVE_PORT])
             health_pb2_grpc.add_HealthServicer_to_server(self.health, self.health_server)
-            self.health_port = _bind(self.health_server, f"{settings.host}:{settings.health_port}", None)
+            health_address = f"{bind_host(settings)}:{settings.health_port}"
+            self.health_port = _bind(self.health_server, health_address, None)
         self.metrics_port = 0
         self._metrics_http: WSGIServer | None = None
         self._monitor: asyncio.Task[None] | None = None

@@ -146,3 +146,24 @@ def read_secret(path: Path) -> bytes:
         return path.read_bytes()
     except OSError as exc:
         raise ValueError(f"cannot read {path}: {exc.strerror}") from exc
+
+
+#: Addresses that mean "every interface".
+_EVERY_INTERFACE = frozenset({"[::]", "::", "0.0.0.0", "*"})
+
+
+def bind_host(settings: Settings, *, warn: bool = False) -> str:
+    """The address the gateway binds: ``ALLXAI_HOST`` when set; else every interface only with TLS and auth
+    both on, and loopback otherwise, so a gateway started without them cannot be reached from another
+    machine by accident. With ``warn``, every interface without auth logs a warning (a proxy or mesh may
+    guard it)."""
+    secured = settings.tls_cert_file is not None and settings.auth_mode != "none"
+    host = settings.host or ("[::]" if secured else "127.0.0.1")
+    if warn and host in _EVERY_INTERFACE and settings.auth_mode == "none":
+        log.warning(
+            "listening on every interface (%s) without authentication (ALLXAI_AUTH_MODE=none): anyone who "
+            "can reach the port can call the gateway; set ALLXAI_AUTH_MODE, or ALLXAI_HOST=127.0.0.1 "
+            "behind a proxy on the same machine",
+            host,
+        )
+    return host
