@@ -34,18 +34,18 @@ def train_main(argv: Sequence[str]) -> int:
     )
     parser.add_argument("--data", type=Path, help="dataset root (C-NMC, Aria, or one folder per class)")
     parser.add_argument("--synthetic", type=int, default=0, metavar="N", help="N synthetic images per class")
-    for flag, kind in (
-        ("--out", Path),
-        ("--name", str),
-        ("--version", int),
-        ("--arch", str),
-        ("--input-size", int),
-        ("--epochs", int),
-        ("--folds", int),
-        ("--max-per-class", int),
-        ("--reports", Path),
+    for flag, kind, what in (
+        ("--out", Path, "base folder of the export: <out>/<name>/<version>"),
+        ("--name", str, "model name in the export and the gateway"),
+        ("--version", int, "model version number of the export"),
+        ("--arch", str, "allnet, inceptionv3, resnet101v2, vgg19 or inceptionresnetv2"),
+        ("--input-size", int, "square input size in pixels"),
+        ("--epochs", int, "training epochs per fold"),
+        ("--folds", int, "stratified folds of cross-validation (1: a single split)"),
+        ("--max-per-class", int, "use at most this many images per class (a quick run)"),
+        ("--reports", Path, "folder for the reports: metrics, curves, confusion matrices, model card"),
     ):
-        parser.add_argument(flag, type=kind, default=None)
+        parser.add_argument(flag, type=kind, default=None, help=f"{what} (default: the recipe's)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s %(message)s")
 
@@ -99,8 +99,15 @@ def evaluate_main(argv: Sequence[str]) -> int:
     parser = argparse.ArgumentParser(prog="allxai evaluate", description=evaluate_main.__doc__)
     parser.add_argument("--model", type=Path, required=True, help="an export: <base>/<name>/<version>")
     parser.add_argument("--data", type=Path, required=True, help="labelled in-domain images (the test set)")
-    parser.add_argument("--layout", default="auto", choices=["auto", "cnmc", "aria", "folder"])
-    parser.add_argument("--reports", type=Path, default=Path("reports/evaluate"))
+    parser.add_argument(
+        "--layout",
+        default="auto",
+        choices=["auto", "cnmc", "aria", "folder"],
+        help="how the data is laid out (default: found from the folder)",
+    )
+    parser.add_argument(
+        "--reports", type=Path, default=Path("reports/evaluate"), help="report folder (default %(default)s)"
+    )
     parser.add_argument(
         "--card", type=Path, help="model card JSON, for a SavedModel that carries none of its own"
     )
@@ -150,21 +157,50 @@ def evaluate_main(argv: Sequence[str]) -> int:
         f"accuracy {metrics['accuracy']:.1%}, macro F1 {metrics['macro_f1']:.3f} on {metrics['n']} images; "
         f"report in {args.reports}"
     )
+    for line in skipped_lines(report.get("data", {})):
+        print(line)
     return 0
+
+
+def skipped_lines(data: dict[str, object]) -> list[str]:
+    """What the evaluation left out of the folder, and why, in words (the report has the full lists)."""
+    lines = []
+    duplicates = data.get("duplicates_removed")
+    if isinstance(duplicates, int) and duplicates:
+        lines.append(
+            f"left out {duplicates} byte-identical cop{'y' if duplicates == 1 else 'ies'} of other images "
+            "(counted once)"
+        )
+    skipped = data.get("skipped")
+    if isinstance(skipped, list) and skipped:
+        reasons: dict[str, int] = {}
+        for entry in skipped:
+            why = str(entry[1]) if isinstance(entry, list | tuple) and len(entry) > 1 else "unknown"
+            reasons[why] = reasons.get(why, 0) + 1
+        said = "; ".join(f"{n} {why}" for why, n in sorted(reasons.items(), key=lambda kv: -kv[1]))
+        lines.append(f"skipped {len(skipped)} file{'' if len(skipped) == 1 else 's'}: {said}")
+    return lines
 
 
 def export_main(argv: Sequence[str]) -> int:
     """Export a checkpoint (the weights a run saved) under the model contract."""
     parser = argparse.ArgumentParser(prog="allxai export", description=export_main.__doc__)
     parser.add_argument("--config", type=Path, help="the recipe the checkpoint was trained with")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="override a recipe field"
+    )
     parser.add_argument("--weights", type=Path, required=True, help="e.g. reports/fold1/best.weights.h5")
     parser.add_argument(
         "--card", type=Path, help="model card JSON (default: model_card.json beside the reports)"
     )
-    parser.add_argument("--out", type=Path, default=Path("models"))
-    parser.add_argument("--name", default=None)
-    parser.add_argument("--version", type=int, required=True)
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("models"),
+        help="base folder: <out>/<name>/<version> (default %(default)s)",
+    )
+    parser.add_argument("--name", default=None, help="model name (default: the recipe's)")
+    parser.add_argument("--version", type=int, required=True, help="model version number of the export")
     args = parser.parse_args(argv)
 
     from allxai.trainer.config import ConfigError, load_config  # noqa: PLC0415
@@ -187,7 +223,12 @@ def compare_main(argv: Sequence[str]) -> int:
     """Compare runs (their report folders) in a table shaped like paper 2's table 6."""
     parser = argparse.ArgumentParser(prog="allxai compare", description=compare_main.__doc__)
     parser.add_argument("runs", nargs="+", type=Path, help="report folders written by allxai train")
-    parser.add_argument("--out", type=Path, default=Path("reports/comparison"))
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=Path("reports/comparison"),
+        help="folder for comparison.md/.csv/.json (default %(default)s)",
+    )
     args = parser.parse_args(argv)
 
     from allxai.trainer.comparison import comparison_row, write_comparison  # noqa: PLC0415
@@ -239,7 +280,7 @@ def check_run_main(argv: Sequence[str]) -> int:
         help="wbc-seg folder (default: ../shared/data/wbc-seg if there)",
     )
     parser.add_argument("--samples", type=int, default=1000, help="LIME samples per explanation")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="random seed of the explanations (default 0)")
     args = parser.parse_args(argv)
     if args.cells < 1 or args.samples < 2:
         parser.error("--cells must be at least 1 and --samples at least 2")
