@@ -9,7 +9,7 @@ import numpy as np
 import numpy.typing as npt
 from PIL import Image
 
-from allxai.explainer import render
+from allxai.explainer import palette, render
 from allxai.explainer.engine import ExplainSettings
 from allxai.explainer.engine import explain as engine_explain
 from allxai.explainer.result import ExplanationResult
@@ -70,7 +70,7 @@ def test_pictures() -> None:
     assert figure.format == "PNG" and figure.size[0] > figure.size[1]
 
 
-def test_overlay_tints_against_the_label_red_and_figures_render_from_threads() -> None:
+def test_overlay_tints_against_the_label_blue_and_figures_render_from_threads() -> None:
     image = image_with_a_red_square()
     # Explaining class 0 ("no red tile") with positive_only false: the red tile speaks against it.
     result = explain(
@@ -79,8 +79,9 @@ def test_overlay_tints_against_the_label_red_and_figures_render_from_threads() -
     weights = dict(result.weights)
     assert weights[result.top_segments[0]] < 0
     out = render.overlay(image, result).astype(int)
-    inside = out[20:28, 20:28].reshape(-1, 3)
-    assert (inside[:, 0] > inside[:, 1]).all()  # tinted red, not green
+    # Inside the tile, off its outline: the image mixed with the palette's "against" colour.
+    tinted = (1 - render.TINT) * image[20:28, 20:28] + render.TINT * np.array(palette.AGAINST_LABEL)
+    assert np.abs(out[20:28, 20:28] - tinted).max() <= 1
     # The figure draws on its own canvas: several at once from worker threads all come out whole.
     from concurrent.futures import ThreadPoolExecutor
 

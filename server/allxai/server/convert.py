@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Mapping
@@ -180,6 +181,12 @@ def _finite(value: float) -> float | None:
     return value if math.isfinite(value) else None
 
 
+def display_name(model: ModelInfo, label: str) -> str:
+    """The card's display name of ``label`` (the label itself when the card gives none)."""
+    names = json.loads(model.card_json or "{}").get("display_names") or {}
+    return str(names.get(label) or label)
+
+
 def explain_response(
     outcome: ExplainOutcome, request: pb.ExplainRequest, request_id: str
 ) -> pb.ExplainResponse:
@@ -187,6 +194,8 @@ def explain_response(
 
     result = outcome.explanation
     label = outcome.model.class_names[result.label_index]
+    # Pictures are read by people: they name the class as the model card shows it ("Pre-B ALL", not "Pre").
+    shown = display_name(outcome.model, label)
     pictures = []
     t0 = time.perf_counter()
     for name in outcome.pictures:
@@ -195,12 +204,12 @@ def explain_response(
         elif name == "mask":
             png = render.to_png(render.mask_image(outcome.image, result))
         elif name == "heatmap":
-            png = render.to_png(render.heatmap(result))
+            png = render.to_png(render.heatmap_with_legend(result, shown))
         else:
-            title = f"{label} {outcome.classification.confidence:.1%}"
+            title = f"{shown} {outcome.classification.confidence:.1%}"
             if outcome.classification.in_domain is False:  # the figure is filed on its own: say it there
                 title += " (OUTSIDE THE TRAINING DOMAIN)"
-            png = render.figure(outcome.image, result, title)
+            png = render.figure(outcome.image, result, title, label=shown)
         pictures.append(pb.Picture(kind=_PICTURE_KINDS[name], png=png))
     outcome.timings.explain += time.perf_counter() - t0
     outcome.timings.total += time.perf_counter() - t0
