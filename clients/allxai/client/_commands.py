@@ -126,10 +126,14 @@ def classify(client: Client, args: argparse.Namespace) -> int:
 
 @contextmanager
 def _sample_bar(image: InputImage, quiet: bool) -> Iterator[Any]:
-    bar = tqdm(total=0, desc=image.name, unit="sample", leave=False, disable=True if quiet else None)
+    """A bar of one explanation's samples: the gateway's first report gives its length (0 of N)."""
+    bar = tqdm(total=None, desc=image.name, unit="sample", leave=False, disable=True if quiet else None)
 
     def progress(done: int, total: int) -> None:
-        bar.total = total
+        if bar.total != total:
+            # A new length is drawn at once: update() alone redraws only every mininterval.
+            bar.total = total
+            bar.refresh()
         bar.update(done - bar.n)
 
     try:

@@ -147,12 +147,18 @@ class Diagnosis:
     ) -> ExplainOutcome:
         """Classify and explain one image; cancelling the call stops the work at its next batch.
 
+        ``progress(done, total)`` is called with 0 as soon as the options are checked, then after every
+        batch of perturbed samples the model has answered.
+
         An image outside the training domain is still explained (under the ``flag`` policy), and the
         outcome's warnings say so."""
         from allxai.explainer.engine import explain  # noqa: PLC0415
         from allxai.explainer.segmentation import SegmentationError  # noqa: PLC0415
 
         plan = explain_plan(options, self._settings)
+        if progress is not None:
+            # The total first, before any queueing or model work: a client's bar knows its length at once.
+            progress(0, plan.settings.num_samples)
         deadline = _deadline(timeout)
         async with self._explanations:
             started = time.perf_counter()

@@ -150,10 +150,7 @@ class DiagnosisServicer(pb_grpc.DiagnosisServiceServicer):
                 getter = asyncio.ensure_future(updates.get())
                 await asyncio.wait({task, getter}, return_when=asyncio.FIRST_COMPLETED)
                 if getter.done():
-                    done, total = getter.result()
-                    yield pb.StreamExplainResponse(
-                        progress=pb.ExplainProgress(samples_done=done, samples_total=total)
-                    )
+                    yield _progress(*getter.result())
                 else:
                     getter.cancel()
             outcome = task.result()
@@ -161,6 +158,9 @@ class DiagnosisServicer(pb_grpc.DiagnosisServiceServicer):
             task.cancel()
             if getter is not None:
                 getter.cancel()
+        while not updates.empty():
+            # Reports of batches that ended just before the explanation did: every batch is reported.
+            yield _progress(*updates.get_nowait())
         log.info(
             "explained (streamed): %s with %d samples",
             outcome.classification.label,
@@ -187,3 +187,8 @@ class DiagnosisServicer(pb_grpc.DiagnosisServiceServicer):
             model_card_json=info.card_json,
             available_versions=info.available_versions,
         )
+
+
+def _progress(done: int, total: int) -> pb.StreamExplainResponse:
+    """A progress event of StreamExplain."""
+    return pb.StreamExplainResponse(progress=pb.ExplainProgress(samples_done=done, samples_total=total))

@@ -97,7 +97,12 @@ class Settings(BaseSettings):
         1000, ge=2, description="Most superpixels an explanation may have; more get INVALID_ARGUMENT."
     )
     explain_compose_batch_size: int = Field(
-        1000, gt=0, description="Masks per request when the model composes the perturbed images."
+        100,
+        gt=0,
+        description=(
+            "Masks per request when the model composes the perturbed images; each request's end is a "
+            "progress report of StreamExplain (100: ten for lime's 1,000 samples)."
+        ),
     )
     max_concurrent_explanations: int = Field(
         2, gt=0, description="Explanations running at once; more get RESOURCE_EXHAUSTED."
