@@ -6,6 +6,7 @@ Every figure is closed after saving: a cross-validation draws many, and open fig
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,9 @@ from matplotlib.ticker import MaxNLocator
 
 DPI = 110
 _TITLES = {"accuracy": "accuracy", "loss": "loss", "f1": "F1-score"}
+#: A word that is a file path: rooted (``/``, ``~``, ``./``, ``C:\\``) or of at least two separators (a
+#: plain "train/validation" is a phrase, not a path).
+_PATH = re.compile(r"^(?:[/\\~]|\.{1,2}[/\\]|[A-Za-z]:[/\\])|[/\\].*[/\\]")
 
 
 def _series(values: Sequence[Any]) -> npt.NDArray[np.float64]:
@@ -40,9 +44,22 @@ def _metric_keys(history: Mapping[str, Sequence[Any]]) -> dict[str, str]:
     return keys
 
 
+def path_free(text: str) -> str:
+    """``text`` with every file path cut to its last name: a title names the data, it does not say
+    where one machine keeps it (``"allnet on /data/aria-all/Original"`` -> ``"allnet on Original"``)."""
+    words = []
+    for word in text.split(" "):
+        core = word.rstrip(",;:)")
+        if _PATH.search(core):
+            parts = [part for part in re.split(r"[/\\]", core) if part]
+            word = (parts[-1] if parts else "") + word[len(core) :]
+        words.append(word)
+    return " ".join(words)
+
+
 def _save(fig: Any, path: Path, title: str) -> None:
     if title:
-        fig.suptitle(title)
+        fig.suptitle(path_free(title))
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=DPI)

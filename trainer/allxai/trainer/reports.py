@@ -13,7 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from allxai.trainer.plots import plot_confusion, plot_curves, plot_fold_curves
+from allxai.trainer.plots import path_free, plot_confusion, plot_curves, plot_fold_curves
+from allxai.trainer.report_settings import applicable_settings
 
 #: Per-fold columns: (metric key, header, shown as a percentage).
 FOLD_COLUMNS = (
@@ -81,23 +82,40 @@ def _count(value: Any) -> Any:
     return len(value) if isinstance(value, list | tuple | set | frozenset) else value
 
 
-def _dataset_section(dataset: Mapping[str, Any]) -> list[str]:
+def _dataset_section(
+    dataset: Mapping[str, Any], config: Mapping[str, Any], shown: Mapping[str, str]
+) -> list[str]:
+    """The images the run used, per class (``used_counts`` where the run drew a subset, else ``counts``),
+    then the dataset's other facts."""
     lines = ["## Dataset", ""]
-    counts = dataset.get("counts")
+    found = dataset.get("counts")
+    counts = dataset.get("used_counts") or found
     if isinstance(counts, Mapping) and counts:
         tests = dataset.get("test_counts") or {}
-        header = ["Class", "Images", *(["Test images"] if tests else [])]
+        header = ["Class", "Images used", *(["Test images"] if tests else [])]
         rows = [
-            [_cell(name), str(n), *([str(tests.get(name, 0))] if tests else [])] for name, n in counts.items()
+            [_cell(shown.get(name, name)), str(n), *([str(tests.get(name, 0))] if tests else [])]
+            for name, n in counts.items()
         ]
-        total = ["**Total**", f"**{sum(int(n) for n in counts.values())}**"]
-        rows.append(total + ([f"**{sum(int(n) for n in tests.values())}**"] if tests else []))
+        used = sum(int(n) for n in counts.values())
+        rows.append(
+            ["**Total**", f"**{used}**", *([f"**{sum(int(n) for n in tests.values())}**"] if tests else [])]
+        )
         lines += [*_table(header, rows), ""]
+        total = sum(int(n) for n in found.values()) if isinstance(found, Mapping) else used
+        if used < total:
+            limit = config.get("max_per_class")
+            how = f": at most {limit} per class, drawn with seed {config.get('seed')}" if limit else ""
+            lines += [
+                f"{used} of the {total} images in the dataset were used{how}; split.json names them.",
+                "",
+            ]
     facts = [
         ["Duplicates removed", _cell(_count(dataset.get("duplicates_removed", dataset.get("duplicates"))))],
         ["Skipped files", _cell(_count(dataset.get("skipped")))],
     ]
-    known = {"counts", "test_counts", "duplicates_removed", "duplicates", "skipped"}
+    # The class list is the table's first column; the counts of every file found are the sentence above.
+    known = {"counts", "used_counts", "test_counts", "duplicates_removed", "duplicates", "skipped", "classes"}
     for key, value in dataset.items():
         if key not in known:
             text = _cell(value)
@@ -133,7 +151,10 @@ def _fold_table(
     return _table(header, rows)
 
 
-def _scores_section(scores: Mapping[str, Any], heading: str) -> list[str]:
+def _scores_section(
+    scores: Mapping[str, Any], heading: str, shown: Mapping[str, str] | None = None
+) -> list[str]:
+    shown = shown or {}
     lines = [f"## {heading}", ""]
     overall = [f"n = {scores.get('n', DASH)}"]
     overall += [f"{title.split(' (')[0]} {_number(scores.get(key), pct)}" for key, title, pct in FOLD_COLUMNS]
@@ -141,9 +162,13 @@ def _scores_section(scores: Mapping[str, Any], heading: str) -> list[str]:
     if scores.get("roc_auc_note"):
         lines += [f"ROC-AUC: {scores['roc_auc_note']}.", ""]
     rows = [
-        [f"{_cell(name)} (absent)", DASH, DASH, DASH, str(c["support"])]
+        [f"{_cell(shown.get(name, name))} (absent)", DASH, DASH, DASH, str(c["support"])]
         if c.get("absent")
-        else [_cell(name), *(_number(c[k], True) for k in ("precision", "recall", "f1")), str(c["support"])]
+        else [
+            _cell(shown.get(name, name)),
+            *(_number(c[k], True) for k in ("precision", "recall", "f1")),
+            str(c["support"]),
+        ]
         for name, c in scores.get("per_class", {}).items()
     ]
     if any(c.get("absent") for c in scores.get("per_class", {}).values()):
@@ -163,6 +188,7 @@ def write_run_report(
     histories: Sequence[dict[str, list[float]]],
     class_names: Sequence[str],
     extra: Mapping[str, Any] | None = None,
+    display_names: Mapping[str, str] | None = None,
 ) -> dict[str, Path]:
     """Write ``report.json``, ``report.md`` and the run's pictures into ``folder``.
 
@@ -171,9 +197,14 @@ def write_run_report(
     ``folds`` items are ``{"fold", "val", "test", "epochs", "seconds"}`` with `metrics.evaluate`
     dicts under ``val`` and ``test``; ``summary`` is `metrics.summarize_folds` over the validation
     scores, optionally with a ``"test"`` summary inside; ``test`` is the final model's held-out
-    scores. ``histories`` are the folds' Keras histories, in fold order. Returns file name -> path.
+    scores. ``histories`` are the folds' Keras histories, in fold order. ``display_names`` (the model
+    card's) name the classes in the tables and pictures. Only the settings that applied to the run are
+    shown (:func:`applicable_settings`); report.json keeps them all. Returns file name -> path.
     """
     folder.mkdir(parents=True, exist_ok=True)
+    title = path_free(title)
+    shown = dict(display_names or {})
+    labels = [shown.get(name, name) for name in class_names]
     written: dict[str, Path] = {}
 
     def figure(name: str) -> Path:
@@ -190,30 +221,32 @@ def write_run_report(
         plot_fold_curves(histories, figure("curves_folds.png"), title=f"{title}: validation per fold")
     # Per-class scores and the confusion matrix of the held-out test when there is one, else of
     # the last fold's validation: the test set is the only data no choice was tuned on.
-    shown, part = (test, "test") if test is not None else ((folds[-1].get("val") if folds else None), "val")
-    if shown is not None:
+    scored, part = (test, "test") if test is not None else ((folds[-1].get("val") if folds else None), "val")
+    if scored is not None:
         plot_confusion(
-            shown["confusion_matrix"],
-            class_names,
+            scored["confusion_matrix"],
+            labels,
             figure(f"confusion_{part}.png"),
             title=f"{title}: {'test' if part == 'test' else 'last fold validation'}",
             normalize=True,
         )
 
-    lines = [f"# {title}", "", f"Classes: {', '.join(class_names)}.", ""]
-    lines += _dataset_section(dataset)
+    lines = [f"# {title}", "", f"Classes: {', '.join(labels)}.", ""]
+    lines += _dataset_section(dataset, config, shown)
+    settings = applicable_settings(config, dataset)
     lines += [
         "## Configuration",
         "",
-        *_table(["Setting", "Value"], [[_cell(k), _cell(v)] for k, v in config.items()]),
+        *_table(["Setting", "Value"], [[_cell(k), _cell(v)] for k, v in settings.items()]),
     ]
     lines += ["", "## Cross-validation (validation folds)", ""]
     lines += [*_fold_table(folds, "val", summary), ""]
     if any(fold.get("test") for fold in folds):
         lines += ["## Cross-validation (each fold's model on the test set)", ""]
         lines += [*_fold_table(folds, "test", summary.get("test")), ""]
-    if shown is not None:
-        lines += _scores_section(shown, "Held-out test set" if part == "test" else "Last fold's validation")
+    if scored is not None:
+        heading = "Held-out test set" if part == "test" else "Last fold's validation"
+        lines += _scores_section(scored, heading, shown)
     pictures = [f"![Fold {number}: training and validation]({name})" for number, name in curve_names]
     if "curves_folds.png" in written:
         pictures.append("![Validation curves of every fold](curves_folds.png)")
@@ -227,6 +260,8 @@ def write_run_report(
         "title": title,
         "class_names": list(class_names),
         "config": config,
+        "settings_used": settings,
+        "display_names": shown,
         "dataset": dataset,
         "folds": folds,
         "summary": summary,

@@ -27,6 +27,7 @@ from allxai.contract.card import ModelCard, normal_classes
 from allxai.contract.cellview import Prepared, prepare, prepare_array
 from allxai.contract.preprocessing import ImageError, resize_image
 from allxai.explainer.engine import ExplainSettings, explain
+from allxai.explainer.palette import AGAINST_LABEL_NAME, FOR_LABEL_NAME, sign_words
 from allxai.explainer.perturb import Composition
 from allxai.explainer.render import overlay
 from allxai.explainer.result import ExplanationResult
@@ -154,7 +155,9 @@ async def _explain_all(
             }
         )
         if len(drawn) < OVERLAYS:
-            title = f"{path.parent.name} \u2192 {predicted}; {quality.cell_share:.0%} on the cell"
+            shown = dict(export.card.display_names or {})  # the names a reader knows, "Pre-B ALL" for "Pre"
+            true, called = (shown.get(n, n) for n in (path.parent.name, predicted))
+            title = f"{true} \u2192 {called}\n{quality.cell_share:.0%} of the weight on the cell"
             drawn.append((prepared, result, title))
     return rows, skipped, drawn
 
@@ -258,7 +261,9 @@ def _plot_overlays(drawn: list[tuple[Prepared, ExplanationResult, str]], path: P
     for ax, (prepared, result, title) in zip(axes, drawn, strict=False):
         ax.imshow(overlay(prepared.view, result))
         ax.set_title(title, fontsize=9)
-    fig.suptitle("LIME: top superpixels (green for the call, red against; yellow outline)", fontsize=10)
+    towards, against = sign_words("the call")
+    words = f"{FOR_LABEL_NAME}: {towards}; {AGAINST_LABEL_NAME}: {against}"
+    fig.suptitle(f"LIME: top superpixels ({words})", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
 

@@ -135,6 +135,9 @@ def run(config: TrainConfig) -> RunResult:
         ]
 
     dataset = summary(index, loaded, test_loaded)
+    # What the run trained and tested on, which max_per_class may make a subset of the index's counts.
+    used = np.bincount(loaded.labels, minlength=len(names))
+    dataset["used_counts"] = {name: int(n) for name, n in zip(names, used, strict=True)}
     if recipe is not None:
         extra = 0 if loaded.extra_owner is None else len(loaded.extra_owner)
         dataset["cell_input"] = {
@@ -201,7 +204,7 @@ def run(config: TrainConfig) -> RunResult:
         fold_summary["test"] = summarize_folds(tests, keys)
     reports = write_run_report(
         config.reports,
-        title=f"{config.arch} on {config.data}",
+        title=f"{config.arch} on {config.data.name}",  # a folder's name: the report may travel
         config=config.model_dump(mode="json"),
         dataset=dataset,
         folds=fold_rows,
@@ -210,6 +213,7 @@ def run(config: TrainConfig) -> RunResult:
         histories=histories,
         class_names=names,
         extra={"params": params, "seconds": time.monotonic() - started},
+        display_names={c: DISPLAY_NAMES[c] for c in names if c in DISPLAY_NAMES},
     )
     reports["split"] = _write_split(config.reports, loaded.paths, best_split, test_idx, test_loaded)
     card = _card(config, names, dataset, fold_summary, best_test)
