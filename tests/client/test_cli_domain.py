@@ -151,7 +151,7 @@ def test_explain_prints_the_domain_and_the_warnings(
         "set {Pro, Pre} at 80% (explained Pro with 10 samples"
     )
     assert warning == f"  warning: {EXPLAIN_WARNING}"
-    assert main([*argv, "--json", "--pictures", "overlay"]) == 0
+    assert main([*argv, "--json", "--pictures", "overlay", "--overwrite"]) == 0  # the same --out again
     [record] = json.loads(capsys.readouterr().out)
     assert record["warnings"] == [EXPLAIN_WARNING] and record["in_domain"] is False
 

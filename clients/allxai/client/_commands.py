@@ -11,7 +11,7 @@ import math
 import sys
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from tqdm import tqdm  # type: ignore[import-untyped]
@@ -142,9 +142,30 @@ def _sample_bar(image: InputImage, quiet: bool) -> Iterator[Any]:
         bar.close()
 
 
+def _existing_picture(folder: Path, images: list[InputImage], kinds: list[str]) -> Path | None:
+    """The first picture file explain would write that exists already (the names output_path gives)."""
+    for image in images:
+        for kind in kinds:
+            path = folder.joinpath(*PurePosixPath(f"{image.name}_{kind}.png").parts)
+            if path.exists():
+                return path
+    return None
+
+
 def explain(client: Client, args: argparse.Namespace) -> int:
-    """Explain every image, write its pictures to the output folder, and say how far to trust each."""
+    """Explain every image, write its pictures to the output folder, and say how far to trust each.
+
+    Pictures already in the folder are kept unless ``--overwrite``: the command then stops (status 2, a
+    wrong command line) before any call to the gateway, naming the first picture it would replace."""
     run = _Run(args)
+    existing = None if args.overwrite else _existing_picture(Path(args.out), run.inputs.images, args.pictures)
+    if existing is not None:
+        print(
+            f"allxai: error: {existing} exists; pass --overwrite to replace the pictures in {args.out}, "
+            "or choose another --out",
+            file=sys.stderr,
+        )
+        return 2
     info = _model(client, args)
     if info is None:
         return 2

@@ -208,6 +208,11 @@ def _parser(describe_plugins: bool = True) -> argparse.ArgumentParser:
     p.add_argument(
         "--adaptive", action="store_true", help="stop sampling once the top superpixels are stable"
     )
+    p.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace pictures already in --out (without it, an existing one stops the command, status 2)",
+    )
     p.set_defaults(run=_commands.explain)
 
     p = sub.add_parser(
