@@ -13,6 +13,7 @@ import grpc
 from allxai.client._messages import model_spec
 from allxai.client._results import ImageInput
 from allxai.client._specimen import SpecimenBatches
+from allxai.client._waiting import Patience
 from allxai.v1 import diagnosis_pb2 as pb
 
 SERVICE = pb.DESCRIPTOR.services_by_name["DiagnosisService"].full_name
@@ -140,8 +141,8 @@ class ClientBase:
         explain_timeout: deadline in seconds of an explanation.
         retries: retries of a call that got UNAVAILABLE (0 to 4), with exponential backoff from
             ``initial_backoff`` up to ``max_backoff`` seconds; no other status is retried.
-        wait_for_ready: let calls wait, within their deadline, for a gateway that is not up yet,
-            instead of failing at once with UNAVAILABLE.
+        wait_for_ready: let calls wait, within their deadline, for a gateway that is not up yet or still
+            loading its models, instead of failing at once with UNAVAILABLE.
         tls: use TLS with the system's root certificates; implied by any of the next three.
         root_certificates: PEM (bytes, or a file path) of the CA that signed the gateway's certificate.
         certificate_chain, private_key: PEM (bytes or file paths) of a client certificate and its key (mTLS).
@@ -194,6 +195,8 @@ class ClientBase:
         if specimen_batch_size < 1:
             raise ValueError("specimen_batch_size must be at least 1")
         self.target = target
+        self._wait_for_ready = wait_for_ready
+        self._backoff = (initial_backoff, max_backoff)
         self._spec = model_spec(model, version, version_label)
         self._timeout = timeout
         self._explain_timeout = explain_timeout
@@ -214,6 +217,10 @@ class ClientBase:
         self._metadata: Metadata = security.metadata()
         credentials = security.credentials()
         self._open(target, options, credentials)
+
+    def _patience(self, timeout: float) -> Patience:
+        """The attempts of one call with deadline ``timeout``."""
+        return Patience(timeout, self._wait_for_ready, *self._backoff)
 
     def _specimen_batches(
         self,

@@ -54,10 +54,15 @@ class AsyncClient(ClientBase):
         request: _Request,
         offset: int = 0,
     ) -> _Response:
-        try:
-            return await method(request, timeout=self._timeout, metadata=self._metadata)
-        except grpc.RpcError as exc:
-            raise m.client_error(exc, offset) from exc
+        patience = self._patience(self._timeout)
+        while True:
+            try:
+                return await method(request, timeout=patience.left(), metadata=self._metadata)
+            except grpc.RpcError as exc:
+                pause = patience.pause(exc)
+                if pause is None:
+                    raise patience.error(exc, offset) from exc
+            await asyncio.sleep(pause)  # a backoff, bounded by the call's deadline
 
     async def classify(
         self,
@@ -102,14 +107,20 @@ class AsyncClient(ClientBase):
         """
         request = await asyncio.to_thread(m.explain_request, image, self._spec, params)
         response: pb.ExplainResponse | None = None
-        try:
-            async for event in self._stub.StreamExplain(
-                request, timeout=self._explain_timeout, metadata=self._metadata
-            ):
-                response = m.explain_event(event, progress, response)
-        except grpc.RpcError as exc:
-            raise m.client_error(exc) from exc
-        return m.explain_result(response)
+        patience = self._patience(self._explain_timeout)
+        while True:
+            try:
+                async for event in self._stub.StreamExplain(
+                    request, timeout=patience.left(), metadata=self._metadata
+                ):
+                    response = m.explain_event(event, progress, response)
+                return m.explain_result(response)
+            except grpc.RpcError as exc:
+                # Until the result arrives, an UNAVAILABLE explanation can start again from scratch.
+                pause = None if response is not None else patience.pause(exc)
+                if pause is None:
+                    raise patience.error(exc) from exc
+            await asyncio.sleep(pause)
 
     async def model_info(self) -> r.ModelDescription:
         """Describe the model this client's calls go to."""

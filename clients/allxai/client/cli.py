@@ -31,6 +31,7 @@ from allxai.client import _commands
 from allxai.client import options as opts
 from allxai.client._channel import MAX_RETRIES, SPECIMEN_BATCH_SIZE
 from allxai.client._results import PICTURE_KINDS, AllxaiClientError
+from allxai.client._waiting import unavailable_hint
 from allxai.client.sdk import Client
 
 DEFAULT_TARGET = "127.0.0.1:50051"
@@ -271,8 +272,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         with client:
             code: int = args.run(client, args)
     except AllxaiClientError as exc:
-        hint = f" (is the gateway running at {args.target}?)" if exc.code == "UNAVAILABLE" else ""
-        print(f"error: {exc}{hint}", file=sys.stderr)
+        # Whether the gateway answered (up, still loading its models) or not (is it running?).
+        print(f"error: {exc}{unavailable_hint(exc, args.target, args.wait)}", file=sys.stderr)
         return 1
     except OSError as exc:  # an output file that cannot be written
         print(f"error: {exc}", file=sys.stderr)

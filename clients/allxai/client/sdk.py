@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from typing import Any, TypeVar, Unpack
 
@@ -67,10 +68,15 @@ class Client(ClientBase):
     def _unary(
         self, method: grpc.UnaryUnaryMultiCallable[_Request, _Response], request: _Request, offset: int = 0
     ) -> _Response:
-        try:
-            return method(request, timeout=self._timeout, metadata=self._metadata)
-        except grpc.RpcError as exc:
-            raise m.client_error(exc, offset) from exc
+        patience = self._patience(self._timeout)
+        while True:
+            try:
+                return method(request, timeout=patience.left(), metadata=self._metadata)
+            except grpc.RpcError as exc:
+                pause = patience.pause(exc)
+                if pause is None:
+                    raise patience.error(exc, offset) from exc
+            time.sleep(pause)  # a backoff, bounded by the call's deadline
 
     def classify(
         self,
@@ -118,14 +124,20 @@ class Client(ClientBase):
         """
         request = m.explain_request(image, self._spec, params)
         response: pb.ExplainResponse | None = None
-        try:
-            for event in self._stub.StreamExplain(
-                request, timeout=self._explain_timeout, metadata=self._metadata
-            ):
-                response = m.explain_event(event, progress, response)
-        except grpc.RpcError as exc:
-            raise m.client_error(exc) from exc
-        return m.explain_result(response)
+        patience = self._patience(self._explain_timeout)
+        while True:
+            try:
+                for event in self._stub.StreamExplain(
+                    request, timeout=patience.left(), metadata=self._metadata
+                ):
+                    response = m.explain_event(event, progress, response)
+                return m.explain_result(response)
+            except grpc.RpcError as exc:
+                # Until the result arrives, an UNAVAILABLE explanation can start again from scratch.
+                pause = None if response is not None else patience.pause(exc)
+                if pause is None:
+                    raise patience.error(exc) from exc
+            time.sleep(pause)
 
     def model_info(self) -> ModelDescription:
         """Describe the model this client's calls go to."""
