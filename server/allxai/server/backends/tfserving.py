@@ -23,7 +23,6 @@ tensors) in :mod:`.tfserving_rpc`; this module is the backend and its prediction
 from __future__ import annotations
 
 import asyncio
-import importlib
 import logging
 import time
 from contextlib import AbstractContextManager, nullcontext
@@ -34,7 +33,7 @@ import numpy.typing as npt
 
 from allxai.contract import names as contract
 from allxai.explainer.perturb import Composition
-from allxai.server.backends import signature
+from allxai.server.backends import signature, tfserving_tensors
 from allxai.server.backends.base import Lane, ModelInfo, ModelSpec, compose_inputs
 from allxai.server.backends.tfserving_models import ModelCatalog
 from allxai.server.backends.tfserving_rpc import Connection, TLSFiles, fill_model_spec, to_array
@@ -45,6 +44,7 @@ from allxai.server.errors import (
     DeadlineExceeded,
     ModelNotFound,
 )
+from allxai.tfs_protos.tensorflow_serving.apis import predict_pb2
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +84,7 @@ class TFServingBackend:
     def connect(self) -> None:
         """Open the channel without waiting for the models (:meth:`start` opens it and waits).
 
-        Call it on the event loop's thread; the first call imports TensorFlow, for seconds.
+        Call it on the event loop's thread (grpc.aio channels belong to it).
         """
         if not self._rpc.is_open:
             self._rpc.open()
@@ -92,11 +92,6 @@ class TFServingBackend:
     async def start(self) -> None:
         """Wait until every model has an AVAILABLE version and its metadata reads, then return."""
         if not self._rpc.is_open:
-            # Importing tensorflow_serving imports all of TensorFlow (seconds): not on the event loop.
-            # (The channel itself must be made on the loop's thread.)
-            await asyncio.to_thread(
-                importlib.import_module, "tensorflow_serving.apis.prediction_service_pb2_grpc"
-            )
             self.connect()
         waited = 0.0
         while True:
@@ -189,14 +184,11 @@ class TFServingBackend:
         deadline: float,
         lane: Lane,
     ) -> npt.NDArray[np.float32]:
-        import tensorflow as tf  # noqa: PLC0415
-        from tensorflow_serving.apis import predict_pb2  # noqa: PLC0415
-
         wanted = (output,) if output else model.serving_outputs
         request = predict_pb2.PredictRequest(output_filter=list(wanted))
         fill_model_spec(request.model_spec, model.name, model.version, None, signature_name)
         for key, value in inputs.items():
-            request.inputs[key].CopyFrom(tf.make_tensor_proto(value))
+            request.inputs[key].CopyFrom(tfserving_tensors.to_tensor_proto(value))
         what = f"{model.name} version {model.version}"
 
         # Classify goes over connections of its own and takes no bulk slot: it never queues behind

@@ -24,6 +24,11 @@ from allxai.server.backends.tfserving_rpc import (
     to_array,
 )
 from allxai.server.errors import BackendError, DeadlineExceeded, ModelNotFound
+from allxai.tfs_protos.tensorflow_serving.apis import (
+    get_model_metadata_pb2,
+    get_model_status_pb2,
+    predict_pb2,
+)
 
 _Key = tuple[str, int | None, str | None]
 
@@ -77,8 +82,6 @@ class ModelCatalog:
 
     async def available_versions(self, name: str, timeout: float | None) -> list[int]:
         """The versions of ``name`` that are AVAILABLE now, oldest first."""
-        from tensorflow_serving.apis import get_model_status_pb2  # noqa: PLC0415
-
         request = get_model_status_pb2.GetModelStatusRequest()
         request.model_spec.name = name
         response = await self._rpc.call(
@@ -88,8 +91,6 @@ class ModelCatalog:
         return sorted(int(s.version) for s in response.model_version_status if s.state == available)
 
     async def _read_model(self, name: str, spec: ModelSpec, deadline: float) -> ModelInfo:
-        from tensorflow_serving.apis import get_model_metadata_pb2  # noqa: PLC0415
-
         request = get_model_metadata_pb2.GetModelMetadataRequest(metadata_field=["signature_def"])
         fill_model_spec(request.model_spec, name, spec.version, spec.version_label)
         try:
@@ -130,8 +131,6 @@ class ModelCatalog:
 
     async def _read_card(self, name: str, version: int, deadline: float) -> signature.CardSource:
         """The ``model_card`` signature's card, read once per version (a version never changes)."""
-        from tensorflow_serving.apis import predict_pb2  # noqa: PLC0415
-
         cached = self._cards.get((name, version))
         if cached is not None:
             return cached

@@ -14,9 +14,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
-import numpy as np
 import numpy.typing as npt
 
+from allxai.server.backends import tfserving_tensors
 from allxai.server.backends.signature import TensorSpec
 from allxai.server.errors import (
     AllxaiError,
@@ -25,6 +25,14 @@ from allxai.server.errors import (
     DeadlineExceeded,
     ModelNotFound,
     Overloaded,
+)
+
+# TensorFlow Serving's messages and stubs, generated from its descriptors (proto/allxai/tfs_protos/README.md):
+# tensorflow_serving.apis would import all of TensorFlow, seconds and ~770 MB, for the same classes.
+from allxai.tfs_protos.tensorflow_serving.apis import (
+    get_model_metadata_pb2,
+    model_service_pb2_grpc,
+    prediction_service_pb2_grpc,
 )
 
 log = logging.getLogger(__name__)
@@ -176,11 +184,6 @@ class Connection:
 
     def open(self) -> None:
         """Make the channel and its stubs; on the event loop's thread (grpc.aio channels belong to it)."""
-        from tensorflow_serving.apis import (  # noqa: PLC0415  (imports all of TensorFlow)
-            model_service_pb2_grpc,
-            prediction_service_pb2_grpc,
-        )
-
         channel = open_channel(self.target, self._tls, self._max_message_bytes)
         self._channel = channel
         self._interactive = open_channel(
@@ -215,8 +218,6 @@ def read_file(path: Path | None) -> bytes | None:
 
 def signature_defs(response: Any) -> dict[str, Any]:
     """The ``SignatureDef`` of each signature in a ``GetModelMetadataResponse``, by name."""
-    from tensorflow_serving.apis import get_model_metadata_pb2  # noqa: PLC0415
-
     packed = response.metadata.get("signature_def")
     if packed is None:
         return {}
@@ -227,14 +228,9 @@ def signature_defs(response: Any) -> dict[str, Any]:
 
 def tensor_specs(tensors: Any) -> list[TensorSpec]:
     """A ``SignatureDef``'s ``inputs`` or ``outputs`` (``TensorInfo`` by key) in plain terms."""
-    import tensorflow as tf  # noqa: PLC0415
-
     specs = []
     for key, info in tensors.items():
-        try:
-            dtype = tf.dtypes.as_dtype(info.dtype).name
-        except TypeError:
-            dtype = f"DataType {info.dtype}"
+        dtype = tfserving_tensors.dtype_name(info.dtype) or f"DataType {info.dtype}"
         encoding = info.WhichOneof("encoding")
         if encoding not in (None, "name"):
             dtype = f"{encoding} {dtype}"  # sparse or composite: not a dense image or score tensor
@@ -245,6 +241,5 @@ def tensor_specs(tensors: Any) -> list[TensorSpec]:
 
 
 def to_array(tensor: Any) -> npt.NDArray[Any]:
-    import tensorflow as tf  # noqa: PLC0415
-
-    return np.asarray(tf.make_ndarray(tensor))
+    """A ``TensorProto``'s values (:func:`.tfserving_tensors.to_array`)."""
+    return tfserving_tensors.to_array(tensor)
