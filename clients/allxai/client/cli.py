@@ -15,12 +15,14 @@ says NEEDS REVIEW, with the reason, when the gateway asks for it. explain prints
 The other commands (serve, train, evaluate, export, compare, watch, loadtest) are found among the installed
 parts of allxai and loaded only when called; one whose extra is not installed says how to install it.
 The commands that call a gateway take the same TLS and token options; a bearer token comes from
---token-file or $ALLXAI_TOKEN. Numbers out of range are refused with a message (status 2).
+--token-file or $ALLXAI_TOKEN. The --target of classify, explain, specimen and info is $ALLXAI_TARGET
+when set, else 127.0.0.1:50051. Numbers out of range are refused with a message (status 2).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import sys
 from collections.abc import Callable, Sequence
@@ -134,7 +136,11 @@ def _pictures(value: str) -> list[str]:
 def _connection_options() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     g = common.add_argument_group("connection")
-    g.add_argument("--target", default=DEFAULT_TARGET, help="gateway host:port (default %(default)s)")
+    g.add_argument(
+        "--target",
+        default=os.environ.get("ALLXAI_TARGET") or DEFAULT_TARGET,
+        help=f"gateway host:port (default $ALLXAI_TARGET when set, else {DEFAULT_TARGET}; now %(default)s)",
+    )
     g.add_argument(
         "--timeout",
         type=opts.positive_float,
