@@ -253,7 +253,7 @@ def _plot_overlays(drawn: list[tuple[Prepared, ExplanationResult, str]], path: P
 
     columns = min(4, len(drawn))
     lines = -(-len(drawn) // columns)
-    fig = Figure(figsize=(3 * columns, 3.2 * lines))
+    fig = Figure(figsize=(3 * columns, 3.5 * lines))
     FigureCanvasAgg(fig)
     axes = np.atleast_1d(fig.subplots(lines, columns)).ravel()
     for ax in axes:
