@@ -24,9 +24,9 @@ def stub(gateway: RunningGateway) -> Iterator[pb_grpc.DiagnosisServiceStub]:
         # The gateway builds the images: a report per prediction batch (64), 7 for 400 samples.
         (pb.COMPOSITION_GATEWAY, 400, 7),
         # The model builds them (the test model has a compose signature): a report per compose request
-        # of explain_compose_batch_size (100) masks, 4 for 400 samples and 10 for lime's 1,000.
-        (pb.COMPOSITION_MODEL, 400, 4),
-        (pb.COMPOSITION_MODEL, 1000, 10),
+        # of explain_compose_batch_size (64) masks, 7 for 400 samples and 16 for lime's 1,000.
+        (pb.COMPOSITION_MODEL, 400, 7),
+        (pb.COMPOSITION_MODEL, 1000, 16),
     ],
     ids=["gateway-400", "model-400", "model-1000"],
 )
