@@ -154,7 +154,7 @@ def main() -> int:
                 "== two images unlike the training data: the cat photograph says OUTSIDE THE TRAINING "
                 "DOMAIN (no white cell); the normal white cell from another laboratory is cut, scaled and "
                 "stain-normalised like the training cells and answered, often with a prediction set that "
-                "includes Benign (the README's 'Field against cell' says how often it is right)",
+                "includes Benign (docs/cells.md, 'Field against cell', says how often it is right)",
                 flush=True,
             )
             run([allxai, "classify", "--target", target, *map(str, unlike_training(out / "unlike"))])

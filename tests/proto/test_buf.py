@@ -29,7 +29,7 @@ def test_buf_lint() -> None:
 
 
 def buf_curl(target: str, data: str) -> subprocess.CompletedProcess[str]:
-    """The command the README documents: Classify through server reflection."""
+    """The command docs/sdk.md documents: Classify through server reflection."""
     command = [
         buf(),
         "curl",

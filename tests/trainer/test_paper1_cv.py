@@ -1,7 +1,7 @@
 """Paper 1's pipeline end to end: 3-fold group cross-validation with all four backbones.
 
 Tiny inputs (75x75, InceptionV3's smallest), one epoch, no pretrained weights: this checks that
-every stage runs and reports, not the paper's figures (those need a GPU; see the README).
+every stage runs and reports, not the paper's figures (those need a GPU; see docs/training.md).
 """
 
 from __future__ import annotations
