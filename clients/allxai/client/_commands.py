@@ -17,6 +17,7 @@ from typing import Any
 from tqdm import tqdm  # type: ignore[import-untyped]
 
 from allxai.client import _output as out
+from allxai.client._info import info_document, info_text
 from allxai.client._results import AllxaiClientError, ModelDescription
 from allxai.client.inputs import InputImage, Inputs, expand, output_path
 from allxai.client.sdk import Client
@@ -245,18 +246,13 @@ def specimen(client: Client, args: argparse.Namespace) -> int:
 
 
 def info(client: Client, args: argparse.Namespace) -> int:
-    """Describe the served model as JSON."""
+    """Describe the served model: a summary, or (``--json``) everything, the model card included."""
     described: ModelDescription = client.model_info()
-    document = {
-        "name": described.name,
-        "version": described.version,
-        "classes": described.class_names,
-        "normal_classes": described.normal_class_names,
-        "input_size": described.input_size,
-        "available_versions": described.available_versions,
-        "card": described.card,
-    }
-    print(out.json_text(document), end="")  # a model card's NaN becomes null: JSON has no NaN
+    if args.json:
+        # A model card's NaN becomes null: JSON has no NaN.
+        print(out.json_text(info_document(described)), end="")
+    else:
+        print(info_text(described), end="")
     return 0
 
 

@@ -12,11 +12,13 @@ A calibrated prediction set of more than one class is shown with its coverage (-
 one the model was calibrated for); specimen counts the cells outside the domain and the ambiguous ones, and
 says NEEDS REVIEW, with the reason, when the gateway asks for it. explain prints the explanation's warnings.
 
-The other commands (serve, train, evaluate, export, compare, watch, loadtest) are found among the installed
-parts of allxai and loaded only when called; one whose extra is not installed says how to install it.
-The commands that call a gateway take the same TLS and token options; a bearer token comes from
---token-file or $ALLXAI_TOKEN. The --target of classify, explain, specimen and info is $ALLXAI_TARGET
-when set, else 127.0.0.1:50051. Numbers out of range are refused with a message (status 2).
+The other commands (serve, train, evaluate, export, compare, watch, lis, loadtest) are found among the
+installed parts of allxai and loaded only when called; one whose extra is not installed says how to install
+it. The commands that call a gateway (classify, explain, specimen, info, watch, loadtest) take the same TLS
+and token options; a bearer token comes from --token-file or $ALLXAI_TOKEN. The --target of classify,
+explain, specimen and info is $ALLXAI_TARGET when set, else 127.0.0.1:50051. serve, train, evaluate, export
+and compare take none: the gateway's own TLS is set with ALLXAI_TLS_* settings. Numbers out of range are
+refused with a message (status 2). --version prints the installed version.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from pathlib import Path
 from allxai.client import _commands
 from allxai.client import options as opts
 from allxai.client._channel import MAX_RETRIES, SPECIMEN_BATCH_SIZE
+from allxai.client._native_logs import import_quietly
 from allxai.client._results import PICTURE_KINDS, AllxaiClientError
 from allxai.client._waiting import unavailable_hint
 from allxai.client.sdk import Client
@@ -41,6 +44,8 @@ DEFAULT_TARGET = "127.0.0.1:50051"
 #: The entry-point group where commands that live outside the thin client register themselves
 #: (serve, train, evaluate, export, compare, watch, loadtest): see pyproject.toml.
 COMMAND_GROUP = "allxai.commands"
+#: The extras whose commands load TensorFlow.
+_TENSORFLOW_EXTRAS = frozenset({"server", "train"})
 _DISTRIBUTION = "allxai"
 
 
@@ -91,6 +96,9 @@ def _run_plugin(name: str, entry: EntryPoint, argv: list[str]) -> int:
     """Load a registered command only now, and hand it the rest of the command line."""
     why = _unavailable(name, entry)
     if why is None:
+        if set(entry.extras) & _TENSORFLOW_EXTRAS and not any(a in ("-h", "--help") for a in argv):
+            # TensorFlow's C++ start-up lines (a CUDA "error" on every CPU machine) are not for people.
+            import_quietly("tensorflow")
         try:
             run: Callable[[list[str]], int] = entry.load()
             return run(argv)
@@ -110,6 +118,14 @@ def _plugin_help(entry: EntryPoint) -> str:
         return "(cannot be loaded: a broken install)"
     summary = doc.strip().split("\n")[0].rstrip(".")
     return f"{summary[:1].lower()}{summary[1:]}; see allxai {entry.name} -h"
+
+
+def installed_version() -> str:
+    """The installed allxai's version (``unknown`` when running from a tree that was never installed)."""
+    try:
+        return distribution(_DISTRIBUTION).version
+    except PackageNotFoundError:
+        return "unknown"
 
 
 def _client(args: argparse.Namespace) -> Client:
@@ -155,7 +171,14 @@ def _connection_options() -> argparse.ArgumentParser:
     )
     g.add_argument("--wait", action="store_true", help="wait (within the deadline) for a gateway not up yet")
     g.add_argument("--model", default="", help="model name (default: the server's)")
-    g.add_argument("--model-version", type=int, default=None, help="model version (default: newest)")
+    versions = g.add_mutually_exclusive_group()
+    versions.add_argument("--model-version", type=int, default=None, help="model version (default: newest)")
+    versions.add_argument(
+        "--version-label",
+        default=None,
+        metavar="LABEL",
+        help="model version by its label (e.g. stable, canary), as the gateway's version labels name them",
+    )
     opts.add_security_options(g)
     return common
 
@@ -184,6 +207,7 @@ def _parser(describe_plugins: bool = True) -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="allxai", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
+    parser.add_argument("--version", action="version", version=f"allxai {installed_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     connection, output = _connection_options(), _output_options()
     images_help = "image files, folders (searched recursively) or quoted glob patterns"
@@ -248,7 +272,12 @@ def _parser(describe_plugins: bool = True) -> argparse.ArgumentParser:
     opts.add_alpha_option(p)
     p.set_defaults(run=_commands.specimen)
 
-    p = sub.add_parser("info", parents=[connection], help="describe the served model")
+    p = sub.add_parser(
+        "info",
+        parents=[connection],
+        help="describe the served model: classes, accuracy, domain check, prediction sets",
+    )
+    p.add_argument("--json", action="store_true", help="print everything as JSON, the model card included")
     p.set_defaults(run=_commands.info)
 
     for name, entry in sorted(_plugins().items()):
