@@ -240,14 +240,14 @@ def test_a_command_whose_extra_is_missing_says_how_to_install_it(
 ) -> None:
     from importlib.metadata import PackageNotFoundError, distribution
 
-    from allxai.client import cli
+    from allxai.client import _plugins
 
     def without_hl7apy(name: str) -> Any:
         if name == "hl7apy":
             raise PackageNotFoundError(name)
         return distribution(name)
 
-    monkeypatch.setattr(cli, "distribution", without_hl7apy)
+    monkeypatch.setattr(_plugins, "distribution", without_hl7apy)
     monkeypatch.delitem(sys.modules, "allxai.lis.watch", raising=False)
     assert main(["watch", "inbox"]) == 2
     err = capsys.readouterr().err

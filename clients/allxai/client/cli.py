@@ -25,107 +25,19 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import sys
-from collections.abc import Callable, Sequence
-from importlib.metadata import EntryPoint, PackageNotFoundError, distribution, entry_points
+from collections.abc import Sequence
 from pathlib import Path
 
 from allxai.client import _commands
 from allxai.client import options as opts
 from allxai.client._channel import MAX_RETRIES, SPECIMEN_BATCH_SIZE
-from allxai.client._native_logs import import_quietly
+from allxai.client._plugins import installed_version, plugin_help, plugins, run_plugin
 from allxai.client._results import PICTURE_KINDS, AllxaiClientError
 from allxai.client._waiting import unavailable_hint
 from allxai.client.sdk import Client
 
 DEFAULT_TARGET = "127.0.0.1:50051"
-
-#: The entry-point group where commands that live outside the thin client register themselves
-#: (serve, train, evaluate, export, compare, watch, loadtest): see pyproject.toml.
-COMMAND_GROUP = "allxai.commands"
-#: The extras whose commands load TensorFlow.
-_TENSORFLOW_EXTRAS = frozenset({"server", "train"})
-_DISTRIBUTION = "allxai"
-
-
-def _plugins() -> dict[str, EntryPoint]:
-    """The commands registered by whatever parts of allxai are installed, by name."""
-    found: dict[str, EntryPoint] = {}
-    for entry in entry_points(group=COMMAND_GROUP):
-        found.setdefault(entry.name, entry)
-    return found
-
-
-def _missing(extra: str) -> list[str]:
-    """The requirements of ``allxai[extra]`` that are not installed (none for a plain command)."""
-    if not extra:
-        return []
-    try:
-        requires = distribution(_DISTRIBUTION).requires or []
-    except PackageNotFoundError:
-        return []
-    missing = []
-    for line in requires:
-        requirement, _, marker = line.partition(";")
-        if f'extra == "{extra}"' not in marker:
-            continue
-        name = re.split(r"[\s\[<>=!~;(]", requirement.strip(), maxsplit=1)[0]
-        if name.lower() == _DISTRIBUTION:
-            continue  # allxai[train] asks for allxai[server]: the markers of that extra cover it
-        try:
-            distribution(name)
-        except PackageNotFoundError:
-            missing.append(name)
-    return missing
-
-
-def _unavailable(name: str, entry: EntryPoint) -> str | None:
-    """Why ``allxai name`` cannot run here, with the command that installs what it needs; None if it can."""
-    extra = entry.extras[0] if entry.extras else ""
-    missing = _missing(extra)
-    if not missing:
-        return None
-    return (
-        f"allxai {name} is not installed here: it needs {', '.join(missing)}; "
-        f"install it with: pip install 'allxai[{extra}]'"
-    )
-
-
-def _run_plugin(name: str, entry: EntryPoint, argv: list[str]) -> int:
-    """Load a registered command only now, and hand it the rest of the command line."""
-    why = _unavailable(name, entry)
-    if why is None:
-        if set(entry.extras) & _TENSORFLOW_EXTRAS and not any(a in ("-h", "--help") for a in argv):
-            # TensorFlow's C++ start-up lines (a CUDA "error" on every CPU machine) are not for people.
-            import_quietly("tensorflow")
-        try:
-            run: Callable[[list[str]], int] = entry.load()
-            return run(argv)
-        except ImportError as exc:  # a broken or partial install
-            why = f"allxai {name} cannot start: {exc}"
-    print(why, file=sys.stderr)
-    return 2
-
-
-def _plugin_help(entry: EntryPoint) -> str:
-    extra = entry.extras[0] if entry.extras else ""
-    if _missing(extra):
-        return f"(not installed: pip install 'allxai[{extra}]')"
-    try:
-        doc = entry.load().__doc__ or ""
-    except ImportError:
-        return "(cannot be loaded: a broken install)"
-    summary = doc.strip().split("\n")[0].rstrip(".")
-    return f"{summary[:1].lower()}{summary[1:]}; see allxai {entry.name} -h"
-
-
-def installed_version() -> str:
-    """The installed allxai's version (``unknown`` when running from a tree that was never installed)."""
-    try:
-        return distribution(_DISTRIBUTION).version
-    except PackageNotFoundError:
-        return "unknown"
 
 
 def _client(args: argparse.Namespace) -> Client:
@@ -280,8 +192,8 @@ def _parser(describe_plugins: bool = True) -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print everything as JSON, the model card included")
     p.set_defaults(run=_commands.info)
 
-    for name, entry in sorted(_plugins().items()):
-        what = _plugin_help(entry) if describe_plugins else f"see allxai {name} -h"
+    for name, entry in sorted(plugins().items()):
+        what = plugin_help(entry) if describe_plugins else f"see allxai {name} -h"
         sub.add_parser(name, help=what, add_help=False)
     return parser
 
@@ -289,9 +201,9 @@ def _parser(describe_plugins: bool = True) -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``allxai`` command; the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    plugins = _plugins()
-    if argv and argv[0] in plugins:
-        return _run_plugin(argv[0], plugins[argv[0]], argv[1:])
+    registered = plugins()
+    if argv and argv[0] in registered:
+        return run_plugin(argv[0], registered[argv[0]], argv[1:])
     # The other commands' help lines import their modules: only for the top-level help or a wrong command.
     parser = _parser(describe_plugins=not argv or argv[0].startswith("-") or argv[0] not in _BUILTIN)
     args = parser.parse_args(argv)

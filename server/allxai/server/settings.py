@@ -16,7 +16,14 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="ALLXAI_", env_nested_delimiter="__", extra="forbid")
 
-    host: str = Field("[::]", description="Address the gRPC server binds.")
+    host: str = Field(
+        "",
+        description=(
+            "Address the gRPC server and its health port bind. Empty: every interface ([::]) when TLS and "
+            "auth are both on, else loopback (127.0.0.1), so a gateway without them is not reachable from "
+            "other machines by accident. Every interface without auth logs a warning."
+        ),
+    )
     port: int = Field(50051, ge=0, le=65535, description="gRPC port; 0 picks a free one.")
     backend: Literal["embedded", "tfserving"] = Field(
         "embedded", description="Where the model runs: in this process, or TensorFlow Serving."
