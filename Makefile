@@ -13,7 +13,7 @@ PROTOS := $(shell find proto -name '*.proto')
 # The folders that each hold a part of the allxai namespace (pyproject.toml maps every package to one).
 SOURCE_ROOTS := proto clients server trainer explainer
 
-.PHONY: demo test lint typecheck layers proto proto-check buf-lint bench clean setup
+.PHONY: demo test lint typecheck layers proto proto-check buf-lint bench clean setup deploy-config tfs-protos
 
 setup: $(STAMP) $(BUF) $(CHECKOV)
 
@@ -74,6 +74,15 @@ proto: $(STAMP)
 	  --plugin=protoc-gen-mypy=$(BIN)/protoc-gen-mypy --mypy_out=proto \
 	  --plugin=protoc-gen-mypy_grpc=$(BIN)/protoc-gen-mypy_grpc --mypy_grpc_out=proto \
 	  $(PROTOS)
+
+## tfs-protos: regenerate proto/allxai/tfs_protos (TensorFlow Serving's messages without TensorFlow) from the
+## descriptors of the installed tensorflow-serving-api (proto/allxai/tfs_protos/README.md)
+tfs-protos: $(STAMP)
+	$(BIN)/python scripts/tfs_protos.py
+
+## deploy-config: write deploy/k8s/tfserving-common/tfserving-config.yaml from deploy/tfserving/*.config
+deploy-config: $(STAMP)
+	$(BIN)/python scripts/tfserving_configmap.py
 
 clean:
 	rm -rf results .pytest_cache .mypy_cache .ruff_cache

@@ -135,7 +135,7 @@ def generate(out: Path) -> list[Path]:
             for p in generated
             if "_grpc" not in p.name or str(p.relative_to(build)).split("_pb2_grpc")[0] in services
         ]
-        module_paths = set()
+        module_paths: set[str] = set()
         for path in generated:
             parts = path.relative_to(build).with_suffix("").parts
             module_paths.update(".".join(parts[:end]) for end in range(1, len(parts) + 1))
