@@ -49,7 +49,7 @@ def _metric(card: dict[str, Any], name: str) -> str:
 def info_text(described: ModelDescription) -> str:
     """A short summary of the served model: what it tells apart, how well, and what guards its answers."""
     card = described.card if isinstance(described.card, dict) else {}
-    width, height = described.input_size
+    height, width = described.input_size  # (height, width), as the model contract gives it
     versions = ", ".join(str(v) for v in described.available_versions) or str(described.version)
     lines = [
         f"model {described.name} version {described.version} (versions served: {versions})",

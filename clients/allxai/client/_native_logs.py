@@ -3,9 +3,12 @@
 On a machine without a GPU, TensorFlow's import prints ``E0000 ... failed call to cuInit: CUDA error``, which
 reads as a failure although nothing failed, and a few ``I0000`` lines. They are written by C++ straight to
 file descriptor 2, before any Python logging setting applies. ``import_quietly`` sets the documented
-switches (``TF_CPP_MIN_LOG_LEVEL``, ``GRPC_VERBOSITY``; a value the user set is kept) and imports the module
-with fd 2 caught, then passes on every line that is not start-up information or the GPU probe: a real error
-still shows.
+switches (``TF_CPP_MIN_LOG_LEVEL=3``, ``GRPC_VERBOSITY=ERROR``; a value the user set is kept) and imports the
+module with fd 2 caught, then passes on every line that is not start-up information or the GPU probe.
+
+The price: with level 3, TensorFlow's C++ code reports only fatal errors for the rest of the run. Python
+exceptions, our own logs and gRPC's errors still show; to see TensorFlow's C++ errors and warnings too, set
+``TF_CPP_MIN_LOG_LEVEL=0`` (or 1, 2) yourself.
 """
 
 from __future__ import annotations
@@ -51,10 +54,20 @@ def import_quietly(module: str) -> None:
             with contextlib.suppress(ImportError):
                 importlib.import_module(module)
         finally:
+            # Also when the import fails otherwise: what it printed is the explanation of the failure.
             os.dup2(saved, 2)
             os.close(saved)
-        caught.seek(0)
-        for line in caught:
-            if not is_noise(line):
-                sys.stderr.buffer.write(line)
-        sys.stderr.flush()
+            caught.seek(0)
+            for line in caught:
+                if not is_noise(line):
+                    _write(line)
+            sys.stderr.flush()
+
+
+def _write(line: bytes) -> None:
+    """One caught line to standard error, whatever object stands in for it."""
+    buffer = getattr(sys.stderr, "buffer", None)
+    if buffer is not None:
+        buffer.write(line)
+    else:
+        sys.stderr.write(line.decode("utf-8", errors="replace"))

@@ -123,7 +123,12 @@ def report_outputs(report: LabReport, options: Options) -> list[tuple[str, bytes
 
 
 def render_failure(
-    path: Path, error: AllxaiClientError, model: ModelDescription, options: Options, order_id: str
+    path: Path,
+    error: AllxaiClientError,
+    model: ModelDescription,
+    options: Options,
+    order_id: str,
+    digest: str = "",
 ) -> tuple[LabReport, list[tuple[str, bytes]]]:
     """The report that tells the LIS an image could not be classified (HL7 OBX-11 X and a note, FHIR a
     cancelled Observation), and its outputs.
@@ -131,7 +136,7 @@ def render_failure(
     When the order id itself is what cannot be reported (too long for OBR-2), the report goes without it
     and says so: the LIS still hears of the image, by its name.
     """
-    failure = Failure(path.name, error.code, error.message)
+    failure = Failure(path.name, error.code, error.message, digest)
     report = LabReport(
         model=model,
         failures=(failure,),
@@ -145,7 +150,8 @@ def render_failure(
         if not order_id:
             raise
     note = f"{error.message} (its order id {order_id!r} cannot be sent in HL7 either)"
-    report = LabReport(model=model, failures=(Failure(path.name, error.code, note),), config=options.config)
+    failure = Failure(path.name, error.code, note, digest)
+    report = LabReport(model=model, failures=(failure,), config=options.config)
     return report, report_outputs(report, options)
 
 

@@ -36,6 +36,9 @@ class Failure:
     image_id: str
     code: str
     message: str
+    #: What failed, when known: the digest of the image's bytes, so that a later failure of new bytes under
+    #: the same name is a new report (new identifiers), not a repeat the outbox would drop.
+    digest: str = ""
 
 
 @dataclass(frozen=True)

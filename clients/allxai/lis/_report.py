@@ -252,7 +252,7 @@ class LabReport:
         if not self.request_id and self.failures:
             # A report of failures only has no request id: its images' ids tell two such reports apart, so
             # the second never replaces the first (same filler number, same FHIR identifiers).
-            parts.append("failed:" + ",".join(sorted(f.image_id for f in self.failures)))
+            parts.append("failed:" + ",".join(sorted(f"{f.image_id}@{f.digest}" for f in self.failures)))
         return str(uuid.uuid5(uuid.NAMESPACE_URL, f"urn:allxai:{'|'.join(parts)}"))
 
     def warnings(self) -> list[str]:

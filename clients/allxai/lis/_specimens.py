@@ -22,6 +22,7 @@ import hashlib
 import json
 import logging
 import re
+import sqlite3
 import time
 from dataclasses import dataclass
 from datetime import datetime
@@ -123,10 +124,16 @@ class SpecimenFolders:
         now = time.monotonic()
         w = self.watcher
         folders = sorted(p for p in w.folder.iterdir() if p.is_dir() and not p.name.startswith((".", "~")))
+        for gone in set(self._pending) - {f.name for f in folders}:
+            del self._pending[gone]  # a folder removed while it waited: nothing is left to wait for
         for folder in folders:
             if w.stop.is_set():
                 break
-            images, digest = _snapshot(folder)
+            try:
+                images, digest = _snapshot(folder)
+            except OSError:  # removed (or made unreadable) since the listing: the next pass will tell
+                self._pending.pop(folder.name, None)
+                continue
             if not images or folder.name in w.given_up or _done_digest(folder) == digest:
                 self._pending.pop(folder.name, None)
                 continue
@@ -147,7 +154,7 @@ class SpecimenFolders:
         """Classify one specimen and write its reports; False when it must be tried again later."""
         w = self.watcher
         source = f"specimen:{folder.name}@{digest[:16]}"
-        if w.queued(source):
+        if w.queued(source, folder / OUTPUT_STEM):
             _write_done(folder, digest, "ok")  # queued before a crash: never sent twice
             return True
         try:
@@ -155,9 +162,7 @@ class SpecimenFolders:
         except ValueError as exc:
             # Without its ids the LIS could not file the result: a person must fix the manifest.
             log.error("%s: %s; the specimen is not processed", folder.name, exc)
-            _write_error(folder, "MANIFEST", str(exc))
-            _write_done(folder, digest, "error")
-            return True
+            return self._record_error(folder, digest, pending, "MANIFEST", str(exc))
         specimen_id = manifest.specimen_id or folder.name
         order_id = manifest.order_id or (folder.name if w.options.order_id_from == "stem" else "")
         try:
@@ -182,9 +187,7 @@ class SpecimenFolders:
             outputs = report_outputs(report, w.options)
         except Exception as exc:  # noqa: BLE001  (hl7apy and pydantic raise many kinds; all mean "this specimen")
             log.error("%s: cannot be put into HL7/FHIR (%s: %s)", folder.name, type(exc).__name__, exc)
-            _write_error(folder, "REPORT_ERROR", f"{type(exc).__name__}: {exc}")
-            _write_done(folder, digest, "error")
-            return True
+            return self._record_error(folder, digest, pending, "REPORT_ERROR", f"{type(exc).__name__}: {exc}")
         summary: dict[str, Any] = {
             "specimen_id": specimen_id,
             "order_id": order_id,
@@ -201,7 +204,7 @@ class SpecimenFolders:
             files.output(stem, files.ERROR_SUFFIX).unlink(missing_ok=True)
             w.queue(outputs, folder.name, source)
             _write_done(folder, digest, "ok")
-        except OSError as exc:
+        except (OSError, sqlite3.Error) as exc:  # sqlite3: the outbox's disk is full or read-only
             log.warning("%s: cannot write the results (%s)", folder.name, exc)
             return self._retry(folder, pending, "OS_ERROR")
         counted = "no cell classified" if result is None else f"{len(result.cells)} cells"
@@ -240,6 +243,16 @@ class SpecimenFolders:
                 raise AllxaiClientError("OS_ERROR", str(exc)) from exc
             return result, failures
         return None, failures
+
+    def _record_error(self, folder: Path, digest: str, pending: _Pending, code: str, message: str) -> bool:
+        """Write the folder's error and its marker; a disk that cannot take them is retried later."""
+        try:
+            _write_error(folder, code, message)
+            _write_done(folder, digest, "error")
+        except OSError as exc:
+            log.warning("%s: cannot write the error (%s)", folder.name, exc)
+            return self._retry(folder, pending, "OS_ERROR")
+        return True
 
     def _retry(self, folder: Path, pending: _Pending, code: str) -> bool:
         w = self.watcher

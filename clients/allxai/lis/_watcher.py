@@ -253,17 +253,15 @@ class Watcher:
         """Queue a result's ORU^R01 and FHIR bundle before its marker is written (see ``_delivery``)."""
         delivery.queue(outputs, name, source, self.outbox, self.fhir_outbox)
 
-    def queued(self, source: str) -> bool:
-        """Whether a result about ``source`` is in an outbox already (queued or sent)."""
-        return delivery.queued(source, self.outbox, self.fhir_outbox)
+    def queued(self, source: str, stem: Path) -> bool:
+        """Whether a result about ``source`` is in an outbox already (queued or sent); a kind still missing
+        is queued from its file beside ``stem`` (see ``_delivery.complete``)."""
+        return delivery.complete(stem, stem.name, source, self.outbox, self.fhir_outbox)
 
     def _queued_already(self, path: Path, stat: files.Stat, digest: str) -> bool:
-        """With an outbox: whether these bytes' message is queued or sent already; if so, mark them done.
-
-        That is a watcher stopped between queueing and the marker: redoing the image would send a second
-        result (another control id) for the same bytes. To send an image again, drop its message first.
-        """
-        if not self.queued(_source(path.name, digest)):
+        """Whether these bytes' result is queued or sent already (a watcher stopped between queueing and the
+        marker); if so, mark them done rather than send a second result. To resend, drop its message first."""
+        if not self.queued(_source(path.name, digest), path):
             return False
         log.info("%s: its result is already in the outbox; marked done", path.name)
         outputs = [path.name + s for s in files.OUTPUT_SUFFIXES if files.output(path, s).exists()]
@@ -273,7 +271,7 @@ class Watcher:
     def _record_error(self, path: Path, stat: files.Stat, digest: str, error: AllxaiClientError) -> None:
         write_error(path, error)
         written = [path.name + files.ERROR_SUFFIX]
-        outputs = self._failure_outputs(path, error)
+        outputs = self._failure_outputs(path, error, digest)
         if outputs:
             for suffix, content in outputs:
                 files.write_atomic(files.output(path, suffix), content, durable=False)
@@ -281,13 +279,14 @@ class Watcher:
             written += [path.name + suffix for suffix, _ in outputs]
         self._mark(path, stat, digest, "error", written, "")
 
-    def _failure_outputs(self, path: Path, error: AllxaiClientError) -> list[tuple[str, bytes]]:
+    def _failure_outputs(self, path: Path, error: AllxaiClientError, digest: str) -> list[tuple[str, bytes]]:
         """The HL7 and FHIR reports that tell the LIS the image failed; empty when they cannot be made
         (the gateway cannot describe its model now): the error file still says it, and the log."""
         try:
             model = self._model or self.client.model_info()
             self._model = model
-            _, outputs = render_failure(path, error, model, self.options, self.order_id(path.name))
+            order_id = self.order_id(path.name)
+            _, outputs = render_failure(path, error, model, self.options, order_id, digest)
         except AllxaiClientError as exc:
             log.warning("%s: the LIS is not told of the failure: no model description (%s)", path.name, exc)
             return []
@@ -305,7 +304,11 @@ class Watcher:
     def run(self, interval: float, once: bool) -> int:
         """Poll until stopped (or, with ``once``, until nothing is waiting); 1 when images were given up."""
         while not self.stop.is_set():
-            waiting = self.poll()
+            try:
+                waiting = self.poll()
+            except (OSError, sqlite3.Error) as exc:  # a file gone, an outbox locked: a pass lost, not us
+                log.warning("a pass stopped (%s: %s); what it left is done later", type(exc).__name__, exc)
+                waiting = 1
             if once and waiting == 0:
                 break
             self.stop.wait(interval)

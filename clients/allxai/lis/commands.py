@@ -17,6 +17,7 @@ usage.
 from __future__ import annotations
 
 import argparse
+import sqlite3
 import sys
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -27,6 +28,7 @@ from allxai.lis import _folder as files
 from allxai.lis._report import LabReport, Reviewer
 from allxai.lis.config import load_config
 from allxai.lis.fhir import to_fhir_json
+from allxai.lis.fhir_post import bundle_identifier
 from allxai.lis.hl7 import to_oru
 from allxai.lis.outbox import STATES, Entry, Outbox, control_id_of
 from allxai.lis.record import next_record, read_record, record_hl7_options, report_from_record, write_record
@@ -77,6 +79,11 @@ def _review_options(p: argparse.ArgumentParser) -> None:
         "--outbox",
         type=Path,
         help=f"queue the ORU in this MLLP outbox (the watcher's --outbox, or <folder>/{DEFAULT_OUTBOX_NAME})",
+    )
+    p.add_argument(
+        "--queue-fhir",
+        action="store_true",
+        help="also queue the FHIR bundle in --outbox (when the watcher posts to a FHIR server: --fhir-url)",
     )
     p.add_argument("--hl7", type=Path, help="where to write the ORU^R01 (default: the record's .hl7)")
     p.add_argument(
@@ -170,12 +177,18 @@ def _review(args: argparse.Namespace) -> int:
         files.write_atomic(fhir_path, bundle.encode())
         print(f"{fhir_path}: FHIR bundle written, status {reviewed.status}")
         if args.outbox is not None:
+            source = f"review:{record_path.name}#{record['revision']}"
             with Outbox(args.outbox) as outbox:
-                _, added = outbox.put(message, source=f"review:{record_path.name}#{record['revision']}")
-            print(f"{args.outbox}: {control_id} {'queued' if added else 'was queued already'}")
-        # The record last: until it says so, the review did not happen, and running it again is safe.
+                _, added = outbox.put(message, source=source)
+                print(f"{args.outbox}: {control_id} {'queued' if added else 'was queued already'}")
+                if args.queue_fhir:
+                    key, added = outbox.put(bundle, source=source, kind="fhir", key=bundle_identifier(bundle))
+                    print(f"{args.outbox}: FHIR bundle {key} {'queued' if added else 'was queued already'}")
+        # The record last: until it says so, the review did not happen. Running it again after a failure
+        # here queues the report again under a new control id, which the LIS files as a repeat of the same
+        # filler number (OBR-3): the same result, not a second one.
         write_record(record_path, record)
-    except OSError as exc:
+    except (OSError, sqlite3.Error) as exc:
         print(f"{prog}: {exc}", file=sys.stderr)
         return 1
     print(f"{record_path}: revision {record['revision']}, {reviewed.status} by {reviewer.display}")

@@ -119,9 +119,16 @@ def _outcome_reason(body: str) -> str:
         document = None
     if isinstance(document, dict) and document.get("resourceType") == "OperationOutcome":
         issues = []
-        for issue in document.get("issue", []):
-            words = issue.get("diagnostics") or issue.get("details", {}).get("text") or ""
-            where = ", ".join(issue.get("expression") or issue.get("location") or [])
+        found = document.get("issue")
+        # A server's (or a proxy's) answer may be malformed in any way: read what is there, never fail on it.
+        for issue in found if isinstance(found, list) else []:
+            if not isinstance(issue, dict):
+                continue
+            details = issue.get("details")
+            text = details.get("text") if isinstance(details, dict) else ""
+            words = issue.get("diagnostics") or text or ""
+            places = issue.get("expression") or issue.get("location") or []
+            where = ", ".join(str(p) for p in places) if isinstance(places, list) else str(places)
             head = f"{issue.get('severity', 'error')} {issue.get('code', '')}".strip()
             issues.append(f"{head}: {words}" + (f" (at {where})" if where else ""))
         if issues:

@@ -143,6 +143,9 @@ class FhirSender:
                     # The outbox could not record an outcome (disk full, say): keep the thread, try again.
                     log.exception("FHIR: the outbox cannot be updated; retrying")
                     result = None
+                except Exception:  # a sender thread that dies sends nothing more, silently
+                    log.exception("FHIR: sending %s failed unexpectedly; retrying", entry.control_id)
+                    result = None
                 if result is not None and result.outcome != "retry":
                     delay = self.backoff
                 else:

@@ -167,14 +167,16 @@ class Outbox:
             ).fetchone()
         return None if row is None else (Entry(*row[:-1]), row[-1])
 
-    def entries(self, states: tuple[str, ...] = ("pending", "failed")) -> list[Entry]:
-        """The messages in those states, oldest first."""
+    def entries(
+        self, states: tuple[str, ...] = ("pending", "failed"), kind: str | None = None
+    ) -> list[Entry]:
+        """The messages in those states (of ``kind``, or of every kind), oldest first."""
         marks = ", ".join("?" * len(states))
         with self._lock:
             rows = self._db.execute(
                 f"SELECT {_COLUMNS} FROM messages WHERE state IN ({marks}) ORDER BY seq", states
             ).fetchall()
-        return [Entry(*row) for row in rows]
+        return [entry for entry in (Entry(*row) for row in rows) if kind is None or entry.kind == kind]
 
     def depth(self, kind: str | None = None) -> dict[str, int]:
         """How many messages (of ``kind``, or of every kind) are in each state."""

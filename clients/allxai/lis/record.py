@@ -111,7 +111,8 @@ def report_to_record(
             ),
             "overlay_reference": report.overlay_reference,
             "failures": [
-                {"image_id": f.image_id, "code": f.code, "message": f.message} for f in report.failures
+                {"image_id": f.image_id, "code": f.code, "message": f.message, "digest": f.digest}
+                for f in report.failures
             ],
             "corrections": [
                 {"cell": c.cell, "ai_label": c.ai_label, "label": c.label} for c in report.corrections
@@ -236,6 +237,7 @@ def report_from_record(data: Mapping[str, Any], config: LisConfig | None = None)
             _str(f, "image_id", f"report.failures[{i}]"),
             _str(f, "code", f"report.failures[{i}]"),
             _str(f, "message", f"report.failures[{i}]"),
+            _str(f, "digest", f"report.failures[{i}]", ""),
         )
         for i, f in enumerate(_records(r, "failures"))
     ]
