@@ -94,7 +94,9 @@ class PriorityPool:
     ) -> None:
         if not 0 <= reserved < threads:
             raise ValueError(f"reserve 0 to {threads - 1} of {threads} threads (some must run bulk work)")
-        self._gate = gate
+        # Without a thread kept for interactive work a parked bulk job could hold the only thread the
+        # classification it waits for needs: the gate then stays out of the way.
+        self._gate = gate if reserved > 0 else None
         self._heap: list[tuple[int, int, Callable[[], None] | None]] = []
         self._ready = threading.Condition()
         self._order = itertools.count()
