@@ -62,7 +62,6 @@ class Patience:
         self._waiting = wait_for_ready
         self._backoff = initial_backoff
         self._max_backoff = max_backoff
-        self._waited = False
 
     def left(self) -> float:
         """Seconds left before the call's deadline: the next attempt's timeout."""
@@ -77,7 +76,6 @@ class Patience:
         if pause <= 0:
             return None
         self._backoff = min(2 * self._backoff, self._max_backoff)
-        self._waited = True
         return pause
 
     def error(self, exc: grpc.RpcError, image_offset: int = 0) -> AllxaiClientError:
@@ -89,6 +87,8 @@ class Patience:
         if error.code != "UNAVAILABLE" or not any(item[0] == _GATEWAY_STATUS for item in trailers):
             return error
         message = error.message
-        if self._waited:
+        if self._waiting:
+            # Waiting, the call ends on an UNAVAILABLE only when the deadline leaves no room for another try
+            # (on a busy machine even the first attempt may use it all up).
             message = f"{message}; still so when the deadline ({self._timeout:g} s) passed"
         return GatewayUnavailable(error.code, message)
