@@ -82,3 +82,12 @@ def test_without_a_reserved_thread_the_gate_never_holds_bulk_work() -> None:
             assert ran.wait(30)
     finally:
         pool.shutdown(wait=True)
+
+
+def test_the_mllp_sender_drains_its_own_kind_only(tmp_path: Path) -> None:
+    from allxai.lis.mllp import MllpSender
+
+    with Outbox(tmp_path / "box.sqlite") as box:
+        box.put('{"resourceType": "Bundle"}', kind="fhir", key="bundle-1")  # the FHIR sender's, none runs
+        sender = MllpSender(box, "127.0.0.1", 9)
+        assert sender.drain(timeout=5)  # no HL7 message is pending: nothing to wait for

@@ -8,12 +8,14 @@ import logging
 import sqlite3
 import ssl
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Literal, Protocol
 
 from allxai.lis.fhir_post import PostResult, post_transaction
 
 __all__ = ["FhirOutbox", "FhirSender", "OutboxEntry"]
+
+from allxai.lis._sender_thread import SenderThread
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +57,7 @@ class FhirOutbox(Protocol):
         """The server refused the bundle: it waits, with the reason, for a person."""
 
 
-class FhirSender:
+class FhirSender(SenderThread):
     """Sends ``outbox``'s pending bundles to the FHIR server at ``base_url`` from a thread of its own.
 
     ``timeout`` bounds each POST's connection and reads; a retried bundle waits ``Retry-After`` (at most
@@ -64,6 +66,9 @@ class FhirSender:
     typed in another process cannot set our event). ``token``, ``headers`` and ``context`` go to
     :func:`post_transaction`.
     """
+
+    kind = "fhir"
+    thread_name = "allxai-fhir"
 
     def __init__(
         self,
@@ -81,7 +86,7 @@ class FhirSender:
     ) -> None:
         if not base_url.lower().startswith(("http://", "https://")):
             raise ValueError(f"the FHIR base URL must be http or https, not {base_url!r}")
-        self.outbox = outbox
+        super().__init__(outbox)
         self.base_url = base_url
         self.token = token
         self.headers = dict(headers or {})
@@ -93,30 +98,6 @@ class FhirSender:
         self.idle_poll = idle_poll
         #: The outcome of the latest POST (None before the first).
         self.last: PostResult | None = None
-        self._stop = threading.Event()
-        self._progress = threading.Condition()
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> None:
-        """Start the sending thread."""
-        self._thread = threading.Thread(target=self.run, name="allxai-fhir", daemon=True)
-        self._thread.start()
-
-    def stop(self, timeout: float | None = None) -> None:
-        """Stop after the POST in flight (its answer or its timeout); what is unsent stays in the outbox."""
-        self._stop.set()
-        self.outbox.changed.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-
-    def wait_until(self, condition: Callable[[], bool], timeout: float | None = None) -> bool:
-        """Wait until ``condition()`` holds, checked after every POST's outcome; False on timeout."""
-        with self._progress:
-            return self._progress.wait_for(condition, timeout)
-
-    def drain(self, timeout: float | None = None) -> bool:
-        """Wait until no bundle is pending (failed ones do not count); False on timeout."""
-        return self.wait_until(lambda: self.outbox.head(kind="fhir") is None, timeout)
 
     def pause(self, result: PostResult | None, delay: float) -> float:
         """How long to wait before the next try: the server's ``Retry-After`` (capped), else ``delay``."""
@@ -189,7 +170,3 @@ class FhirSender:
             )
         self._notify()
         return result
-
-    def _notify(self) -> None:
-        with self._progress:
-            self._progress.notify_all()

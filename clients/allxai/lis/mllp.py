@@ -27,11 +27,10 @@ import contextlib
 import logging
 import socket
 import sqlite3
-import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 
+from allxai.lis._sender_thread import SenderThread
 from allxai.lis.outbox import Entry, Outbox
 
 __all__ = ["END_BLOCK", "START_BLOCK", "Ack", "MllpSender", "frame", "parse_ack"]
@@ -98,8 +97,11 @@ def parse_ack(text: str) -> Ack:
     return Ack(code, msa[2].strip(), "; ".join(reasons + [e for e in errors if e]))
 
 
-class MllpSender:
+class MllpSender(SenderThread):
     """Sends ``outbox``'s pending messages to ``host:port`` from a thread of its own (``start``/``stop``)."""
+
+    kind = "hl7"
+    thread_name = "allxai-mllp"
 
     def __init__(
         self,
@@ -113,7 +115,7 @@ class MllpSender:
         max_backoff: float = 60.0,
         idle_poll: float = 5.0,
     ) -> None:
-        self.outbox = outbox
+        super().__init__(outbox)
         self.address = (host, port)
         self.connect_timeout = connect_timeout
         self.ack_timeout = ack_timeout
@@ -121,31 +123,7 @@ class MllpSender:
         self.max_backoff = max_backoff
         # A retry typed in another process (``allxai lis outbox retry``) cannot set our event: look again.
         self.idle_poll = idle_poll
-        self._stop = threading.Event()
         self._sock: socket.socket | None = None
-        self._progress = threading.Condition()
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> None:
-        """Start the sending thread."""
-        self._thread = threading.Thread(target=self.run, name="allxai-mllp", daemon=True)
-        self._thread.start()
-
-    def stop(self, timeout: float | None = None) -> None:
-        """Stop after the message in flight (its ACK, or its timeout); what is unsent stays in the outbox."""
-        self._stop.set()
-        self.outbox.changed.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-
-    def wait_until(self, condition: Callable[[], bool], timeout: float | None = None) -> bool:
-        """Wait until ``condition()`` holds, checked after every send's outcome; False on timeout."""
-        with self._progress:
-            return self._progress.wait_for(condition, timeout)
-
-    def drain(self, timeout: float | None = None) -> bool:
-        """Wait until no message is pending (failed ones do not count); False on timeout."""
-        return self.wait_until(lambda: self.outbox.depth()["pending"] == 0, timeout)
 
     def run(self) -> None:
         """Send until stopped: the loop the thread runs (callable directly, e.g. in a test)."""
@@ -241,7 +219,3 @@ class MllpSender:
 
     def _peer(self) -> str:
         return f"{self.address[0]}:{self.address[1]}"
-
-    def _notify(self) -> None:
-        with self._progress:
-            self._progress.notify_all()
