@@ -9,6 +9,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 
+from allxai.lis._sender_thread import SenderThread
 from allxai.lis.commands import DEFAULT_OUTBOX_NAME
 from allxai.lis.fhir_sender import FhirSender
 from allxai.lis.mllp import MllpSender
@@ -26,35 +27,36 @@ def address(value: str) -> tuple[str, int]:
 
 
 @contextlib.contextmanager
-def fhir_sender(args: argparse.Namespace, outbox: Outbox | None) -> Iterator[FhirSender | None]:
-    """The FHIR sender's thread for the watcher's lifetime (None without ``--fhir-url``)."""
-    if outbox is None:
-        yield None
+def running(sender: SenderThread | None) -> Iterator[None]:
+    """Run ``sender``'s thread for the ``with`` block (none: nothing), then stop it and close its outbox."""
+    if sender is None:
+        yield
         return
-    sender = FhirSender(
-        outbox,
-        args.fhir_url,
-        token=os.environ.get("ALLXAI_FHIR_TOKEN") or None,
-        timeout=args.fhir_timeout,
-        max_backoff=args.mllp_max_backoff,
-    )
     sender.start()
     try:
-        yield sender
+        yield
     finally:
         sender.stop()
-        log.info("FHIR outbox at stop: %s", outbox.depth("fhir"))
-        outbox.close()
+        log.info("%s outbox at stop: %s", sender.kind.upper(), sender.outbox.depth(sender.kind))
+        sender.outbox.close()
 
 
-@contextlib.contextmanager
-def mllp_sender(args: argparse.Namespace, outbox: Outbox | None) -> Iterator[MllpSender | None]:
-    """The MLLP sender's thread for the watcher's lifetime (None without ``--mllp``)."""
+def fhir_sender(args: argparse.Namespace, outbox: Outbox | None) -> FhirSender | None:
+    """The FHIR sender (None without ``--fhir-url``)."""
     if outbox is None:
-        yield None
-        return
+        return None
+    token = os.environ.get("ALLXAI_FHIR_TOKEN") or None
+    return FhirSender(
+        outbox, args.fhir_url, token=token, timeout=args.fhir_timeout, max_backoff=args.mllp_max_backoff
+    )
+
+
+def mllp_sender(args: argparse.Namespace, outbox: Outbox | None) -> MllpSender | None:
+    """The MLLP sender (None without ``--mllp``)."""
+    if outbox is None:
+        return None
     host, port = address(args.mllp)
-    sender = MllpSender(
+    return MllpSender(
         outbox,
         host,
         port,
@@ -62,13 +64,6 @@ def mllp_sender(args: argparse.Namespace, outbox: Outbox | None) -> Iterator[Mll
         ack_timeout=args.mllp_ack_timeout,
         max_backoff=args.mllp_max_backoff,
     )
-    sender.start()
-    try:
-        yield sender
-    finally:
-        sender.stop()
-        log.info("HL7 outbox at stop: %s", outbox.depth("hl7"))
-        outbox.close()
 
 
 def open_outbox(args: argparse.Namespace, folder: Path, wanted: bool) -> Outbox | None:

@@ -53,7 +53,7 @@ from allxai.client import Client
 from allxai.client import options as opts
 from allxai.lis import _folder as files
 from allxai.lis._image import Options
-from allxai.lis._senders import address, fhir_sender, mllp_sender, open_outbox
+from allxai.lis._senders import address, fhir_sender, mllp_sender, open_outbox, running
 from allxai.lis._watcher import PERMANENT_CODES, Watcher
 from allxai.lis.commands import DEFAULT_OUTBOX_NAME
 from allxai.lis.config import ConfigError, load_config
@@ -161,18 +161,15 @@ def _check_report_options(options: Options) -> None:
         check_order_namespace(options.order_namespace)
 
 
-def _run(
-    watcher: Watcher, senders: list[tuple[MllpSender | FhirSender | None, str]], args: argparse.Namespace
-) -> int:
+def _run(watcher: Watcher, senders: list[MllpSender | FhirSender | None], args: argparse.Namespace) -> int:
     code = watcher.run(args.interval, args.once)
     # With --once, wait for the LIS to take what was queued (unless a signal asked us to stop).
     if not args.once or watcher.stop.is_set():
         return code
-    for sender, kind in senders:
+    for sender in senders:
         if sender is not None and not sender.drain(args.drain_timeout):
-            box = watcher.outbox if kind == "hl7" else watcher.fhir_outbox
-            depth = box.depth(kind) if box is not None else {}
-            log.error("the %s receiver did not take every message in time; outbox %s", kind, depth)
+            depth = sender.outbox.depth(sender.kind)
+            log.error("the %s receiver did not take every message in time; outbox %s", sender.kind, depth)
             return 1
     return code
 
@@ -253,7 +250,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             except (OSError, sqlite3.Error) as exc:
                 print(f"allxai watch: cannot open the outbox: {exc}", file=sys.stderr)
                 return 2
-            with client, mllp_sender(args, outbox) as sender, fhir_sender(args, fhir_outbox) as poster:
+            sender, poster = mllp_sender(args, outbox), fhir_sender(args, fhir_outbox)
+            with client, running(sender), running(poster):
                 log.info(
                     "watching %s (gateway %s, explain %s)",
                     folder,
@@ -261,7 +259,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     "on" if args.explain else "off",
                 )
                 watcher = Watcher(folder, client, options, stop, outbox, fhir_outbox)
-                return _run(watcher, [(sender, "hl7"), (poster, "fhir")], args)
+                return _run(watcher, [sender, poster], args)
     except KeyboardInterrupt:
         return 130
     finally:
